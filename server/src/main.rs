@@ -1,1 +1,50 @@
-fn main() {}
+//! `faascale`: the command-line entry point.
+//!
+//! Every command that takes `--json` prints exactly one line of JSON as the last line of
+//! standard output (`{"error": "..."}` when it fails); logs and progress go to standard error.
+
+mod cli;
+mod logging;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "faascale", version, about = "Serverless LLM inference that scales out by block multicast and execute-while-load")]
+struct Cli {
+    /// Log level on standard error: error, warn, info, debug.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate tokens from a prompt with a local model.
+    Generate(cli::generate::Args),
+    /// Write a seeded random checkpoint (config.json + model.safetensors) of a given shape.
+    Synth(cli::synth::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(&cli.log) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let (json, result) = match cli.command {
+        Command::Generate(a) => (a.json, cli::generate::run(a)),
+        Command::Synth(a) => (a.json, cli::synth::run(a)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            if json {
+                println!("{}", serde_json::json!({ "error": msg }));
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

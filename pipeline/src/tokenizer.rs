@@ -1,0 +1,38 @@
+//! `tokenizer.json` through Hugging Face's own `tokenizers` crate, so encoding matches
+//! transformers exactly. Prompts are encoded as they are: no special tokens added.
+
+use crate::error::{PipelineError, Result};
+use std::path::{Path, PathBuf};
+
+pub struct Tokenizer {
+    path: PathBuf,
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| PipelineError::Tokenizer { path: path.to_path_buf(), msg: e.to_string() })?;
+        Ok(Tokenizer { path: path.to_path_buf(), inner })
+    }
+
+    /// Token ids of `text`, with no BOS or template added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| PipelineError::Tokenizer { path: self.path.clone(), msg: format!("encode: {e}") })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| PipelineError::Tokenizer { path: self.path.clone(), msg: format!("decode: {e}") })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

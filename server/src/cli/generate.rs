@@ -1,0 +1,120 @@
+//! `faascale generate --model PATH (--prompt TEXT | --tokens 1,2,3) --max-tokens N
+//!  [--temperature T] [--top-p P] [--top-k K] [--seed S] [--ignore-eos] [--json]`
+
+use kernels::Pool;
+use pipeline::{Engine, GenRequest, Model, SamplingParams, StageLimits};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt text, tokenized as-is (no special tokens, no template).
+    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    prompt: Option<String>,
+    /// Prompt as comma-separated token ids.
+    #[arg(long)]
+    tokens: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 keeps every token.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep going past end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Worker threads (default: FAASCALE_THREADS or every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one line of JSON as the last line of standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_tokens(s: &str) -> Result<Vec<u32>, String> {
+    s.split(',')
+        .enumerate()
+        .map(|(i, t)| {
+            t.trim().parse::<u32>().map_err(|e| format!("--tokens: element {i} `{}` is not a token id: {e}", t.trim()))
+        })
+        .collect()
+}
+
+pub fn run(a: Args) -> Result<(), String> {
+    let threads = a.threads.unwrap_or_else(Pool::default_threads);
+    if threads == 0 || threads > 1024 {
+        return Err(format!("--threads {threads}: expected 1 ..= 1024"));
+    }
+    let t_load = std::time::Instant::now();
+    let model = Model::open(&a.model).map_err(|e| e.to_string())?;
+    let prompt = match (&a.prompt, &a.tokens) {
+        (_, Some(t)) => parse_tokens(t)?,
+        (Some(text), None) => {
+            let tok = model.tokenizer.as_ref().ok_or_else(|| {
+                format!("{} has no tokenizer.json: pass the prompt as --tokens 1,2,3", model.dir.display())
+            })?;
+            tok.encode(text).map_err(|e| e.to_string())?
+        }
+        (None, None) => return Err("give --prompt TEXT or --tokens 1,2,3".into()),
+    };
+    let pool = Arc::new(Pool::new(threads));
+    let cfg = model.config.clone();
+    let num_blocks = pipeline::BlockLayout::default_for(cfg.num_hidden_layers).map_err(|e| e.to_string())?.num_blocks;
+    let limits = StageLimits::default();
+    let stage = model.stage(num_blocks, 0..num_blocks, pool, limits).map_err(|e| e.to_string())?;
+    let mut engine = Engine::new(vec![stage]).map_err(|e| e.to_string())?;
+    log::info!(
+        "loaded {} ({}, {} parameters) in {:.0} ms; {threads} threads, {} kernels",
+        model.dir.display(),
+        cfg.arch.hf_name(),
+        cfg.parameter_count(),
+        t_load.elapsed().as_secs_f64() * 1e3,
+        kernels::variant()
+    );
+    let req = GenRequest {
+        prompt: prompt.clone(),
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+        ignore_eos: a.ignore_eos,
+    };
+    let out = engine.generate(std::slice::from_ref(&req), limits.max_batch_rows).map_err(|e| e.to_string())?;
+    let r = &out[0];
+    let text = match &model.tokenizer {
+        Some(t) => Some(t.decode(&r.tokens).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    log::info!(
+        "{} prompt tokens, {} generated ({}); ttft {:.1} ms, decode {:.1} tokens/s",
+        prompt.len(),
+        r.tokens.len(),
+        r.finish.as_str(),
+        r.ttft_ms,
+        r.decode_tokens_per_s
+    );
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "prompt_tokens": prompt, "tokens": r.tokens, "text": text,
+                "ttft_ms": r.ttft_ms, "decode_tokens_per_s": r.decode_tokens_per_s,
+                "finish_reason": r.finish.as_str(), "threads": threads, "kernels": kernels::variant(),
+            })
+        );
+    } else {
+        match text {
+            Some(t) => println!("{t}"),
+            None => println!("{}", r.tokens.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")),
+        }
+    }
+    Ok(())
+}

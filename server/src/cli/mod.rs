@@ -1,0 +1,4 @@
+//! One module per `faascale` subcommand.
+
+pub mod generate;
+pub mod synth;
