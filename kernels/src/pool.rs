@@ -5,13 +5,20 @@
 //! Tasks are claimed from a shared counter, so which thread runs a task varies
 //! from call to call: the kernels make each task's result independent of that.
 //!
-//! Synchronisation: the caller publishes the job, then bumps `epoch`; workers
-//! spin on `epoch` for a short while and then sleep on a condition variable.
-//! The caller waits for `pending` (workers still inside the job) to reach zero
-//! the same way. A sleeper and its waker follow the same pattern on both sides:
-//! the sleeper announces itself (SeqCst) and re-checks the condition under the
-//! lock, the waker changes the condition (SeqCst) and then checks for sleepers,
-//! so one of the two always sees the other.
+//! Protocol. `state` packs (epoch << 32) | OPEN | joined. The caller publishes
+//! a job by writing it and storing a new epoch with OPEN set. A worker that sees
+//! the new epoch joins with a compare-and-swap that increments `joined` while
+//! OPEN is still set, runs tasks until none is left, then increments `left`.
+//! When the caller has run out of tasks it clears OPEN (no one can join any
+//! more) and waits until `left` equals the number that joined. A worker that
+//! was not scheduled in time simply skips the job, so the caller never waits
+//! for a thread that is not running (which matters on a loaded machine).
+//!
+//! Idle threads spin for a short while, then sleep on a condition variable. A
+//! sleeper and its waker follow the same pattern on both sides: the sleeper
+//! announces itself (SeqCst) and re-checks the condition under the lock, the
+//! waker changes the condition (SeqCst) and then checks for sleepers, so one of
+//! the two always sees the other.
 
 use std::any::Any;
 use std::cell::{Cell, UnsafeCell};
@@ -37,19 +44,29 @@ struct Job {
     n_tasks: usize,
 }
 
+/// Bit of `state` set while workers may join the current job.
+const OPEN: u64 = 1 << 31;
+/// Bits of `state` counting the workers that joined the current job.
+const JOINED: u64 = OPEN - 1;
+
+fn epoch_of(state: u64) -> u64 {
+    state >> 32
+}
+
 struct Shared {
-    /// Written by the caller before bumping `epoch`; read by workers after seeing the bump.
+    /// Written by the caller before publishing a new epoch; read by workers
+    /// that joined that epoch.
     job: UnsafeCell<Job>,
-    /// Incremented once per job (and at shutdown).
-    epoch: AtomicU64,
+    /// (epoch << 32) | OPEN | joined; see the module documentation.
+    state: AtomicU64,
     /// Next task index to claim.
     next: AtomicUsize,
-    /// Workers that have not yet finished the current job.
-    pending: AtomicUsize,
+    /// Workers that joined the current job and have finished it.
+    left: AtomicUsize,
     shutdown: AtomicBool,
     /// Workers asleep (or about to sleep) waiting for a job.
     idle_sleepers: AtomicUsize,
-    /// Whether the caller sleeps (or is about to) waiting for `pending == 0`.
+    /// Whether the caller sleeps (or is about to) waiting for `left`.
     caller_sleeps: AtomicBool,
     lock: Mutex<()>,
     job_cv: Condvar,
@@ -59,10 +76,11 @@ struct Shared {
 }
 
 // SAFETY: `job` is the only field that is not Sync by itself. It is written only
-// by the thread holding `Pool::run_lock`, while no worker reads it (every worker
-// has finished the previous job: `pending` was 0), and read by workers only after
-// they observe the following `epoch` increment with Acquire ordering. The pointer
-// inside is only dereferenced while `run` keeps the closure alive.
+// by the thread holding `Pool::run_lock`, while no worker reads it (the previous
+// job was closed and every worker that joined it has left), and read only by
+// workers that joined the following epoch, whose publication they observed with
+// Acquire ordering. The pointer inside is only dereferenced while `run` keeps
+// the closure alive (it waits for every worker that joined).
 unsafe impl Sync for Shared {}
 // SAFETY: see above; the raw pointer is never used outside the job's lifetime.
 unsafe impl Send for Shared {}
@@ -99,9 +117,9 @@ impl Pool {
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
         let shared = Arc::new(Shared {
             job: UnsafeCell::new(Job { f: std::ptr::null::<fn(usize)>() as *const TaskFn, n_tasks: 0 }),
-            epoch: AtomicU64::new(0),
+            state: AtomicU64::new(0),
             next: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            left: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             idle_sleepers: AtomicUsize::new(0),
             caller_sleeps: AtomicBool::new(false),
@@ -164,15 +182,16 @@ impl Pool {
         let s = &*self.shared;
         let f: &(dyn Fn(usize) + Sync + '_) = f;
         // SAFETY: erasing the closure's lifetime is sound because this function
-        // does not return (nor unwind) before `pending` is 0, i.e. before every
-        // worker has stopped using the pointer; see wait_workers below.
+        // does not return (nor unwind) before the job is closed and every worker
+        // that joined it has left, i.e. before anyone can still use the pointer.
         let f: *const TaskFn = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static TaskFn>(f) };
-        // SAFETY: we hold run_lock and the previous job ended with pending == 0,
-        // so no worker reads `job` now (see the Sync impl of Shared).
+        // SAFETY: we hold run_lock and the previous job was closed with every
+        // joined worker gone, so no one reads `job` now (see the Sync impl of Shared).
         unsafe { *s.job.get() = Job { f, n_tasks } };
         s.next.store(0, Relaxed);
-        s.pending.store(self.workers.len(), Relaxed);
-        s.epoch.fetch_add(1, SeqCst); // publishes job, next and pending (Release part)
+        s.left.store(0, Relaxed);
+        let epoch = epoch_of(s.state.load(Relaxed)) + 1;
+        s.state.store(epoch << 32 | OPEN, SeqCst); // publishes job, next and left (Release part)
         if s.idle_sleepers.load(SeqCst) > 0 {
             let _g = lock(&s.lock);
             s.job_cv.notify_all();
@@ -181,7 +200,9 @@ impl Pool {
         // SAFETY: the job was just published and stays valid until we return.
         unsafe { run_tasks(s) };
         IN_POOL.with(|p| p.set(outer));
-        wait_workers(s);
+        // Close the job: from here on no worker can join.
+        let joined = (s.state.fetch_and(!OPEN, SeqCst) & JOINED) as usize;
+        wait_workers(s, joined);
         if let Some(payload) = lock(&s.panic).take() {
             panic::resume_unwind(payload);
         }
@@ -192,7 +213,8 @@ impl Drop for Pool {
     fn drop(&mut self) {
         let s = &*self.shared;
         s.shutdown.store(true, SeqCst);
-        s.epoch.fetch_add(1, SeqCst);
+        let epoch = epoch_of(s.state.load(SeqCst)) + 1;
+        s.state.store(epoch << 32, SeqCst);
         {
             let _g = lock(&s.lock);
             s.job_cv.notify_all();
@@ -240,39 +262,55 @@ fn spin_until(ready: impl Fn() -> bool) -> bool {
     }
 }
 
-/// The caller's wait for every worker to leave the current job.
-fn wait_workers(s: &Shared) {
-    if spin_until(|| s.pending.load(Acquire) == 0) {
+/// The caller's wait for the `joined` workers of the closed job to leave it.
+fn wait_workers(s: &Shared, joined: usize) {
+    if spin_until(|| s.left.load(Acquire) == joined) {
         return;
     }
     let mut g = lock(&s.lock);
     s.caller_sleeps.store(true, SeqCst);
-    while s.pending.load(SeqCst) != 0 {
+    while s.left.load(SeqCst) != joined {
         g = s.done_cv.wait(g).unwrap_or_else(|e| e.into_inner());
     }
     s.caller_sleeps.store(false, SeqCst);
+}
+
+/// Joins the job of `epoch` if it is still open.
+fn try_join(s: &Shared, epoch: u64) -> bool {
+    let mut cur = s.state.load(Acquire);
+    while epoch_of(cur) == epoch && cur & OPEN != 0 {
+        match s.state.compare_exchange_weak(cur, cur + 1, AcqRel, Acquire) {
+            Ok(_) => return true,
+            Err(now) => cur = now,
+        }
+    }
+    false
 }
 
 fn worker(s: &Shared, pool_id: usize) {
     IN_POOL.with(|p| p.set(pool_id));
     let mut seen = 0u64;
     loop {
-        if !spin_until(|| s.epoch.load(Acquire) != seen) {
+        if !spin_until(|| epoch_of(s.state.load(Acquire)) != seen) {
             let mut g = lock(&s.lock);
             s.idle_sleepers.fetch_add(1, SeqCst);
-            while s.epoch.load(SeqCst) == seen {
+            while epoch_of(s.state.load(SeqCst)) == seen {
                 g = s.job_cv.wait(g).unwrap_or_else(|e| e.into_inner());
             }
             s.idle_sleepers.fetch_sub(1, SeqCst);
         }
-        seen = s.epoch.load(Acquire);
         if s.shutdown.load(Acquire) {
             return;
         }
-        // SAFETY: we observed the epoch bump that published this job, and the
-        // caller waits for our `pending` decrement before the closure dies.
+        seen = epoch_of(s.state.load(Acquire));
+        if !try_join(s, seen) {
+            continue; // closed already: the caller did the work
+        }
+        // SAFETY: we joined this epoch's job (so it is published and the caller
+        // waits for our `left` increment before the closure dies).
         unsafe { run_tasks(s) };
-        if s.pending.fetch_sub(1, SeqCst) == 1 && s.caller_sleeps.load(SeqCst) {
+        s.left.fetch_add(1, SeqCst);
+        if s.caller_sleeps.load(SeqCst) {
             let _g = lock(&s.lock);
             s.done_cv.notify_one();
         }

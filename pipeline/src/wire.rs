@@ -53,6 +53,9 @@ pub fn decode_hidden(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>)> {
     if version != VERSION {
         return err(4, format!("version {version}, this build reads {VERSION}"));
     }
+    if bytes[6..8] != [0, 0] {
+        return err(6, "reserved bytes are not zero".into());
+    }
     let rows = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
     let width = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
     let n = match rows.checked_mul(width) {
@@ -93,6 +96,9 @@ mod tests {
         let mut m = good.clone();
         m[4] = 9;
         cases.push((m, "version"));
+        let mut m = good.clone();
+        m[7] = 1;
+        cases.push((m, "reserved"));
         let mut m = good.clone();
         m[8..16].copy_from_slice(&[0xff; 8]);
         cases.push((m, "limit"));
