@@ -87,3 +87,22 @@ fn migration_by_re_prefill_continues_identically() {
     let again = logits_all(&mut b, 77, 0, &tokens).pop().unwrap();
     assert_eq!(bits(&last), bits(&again));
 }
+
+#[test]
+fn requests_batched_together_generate_what_they_generate_alone() {
+    use pipeline::{GenRequest, SamplingParams};
+    let (_tmp, dir) = synth("tiny-llama", 2);
+    let model = Model::open(&dir).unwrap();
+    let mut e = engine(&model, 8, &[4], 2);
+    let reqs: Vec<GenRequest> = vec![
+        GenRequest { prompt: vec![3, 4, 5], max_tokens: 20, sampling: SamplingParams::default(), ignore_eos: true },
+        GenRequest { prompt: (10..47).collect(), max_tokens: 6, sampling: SamplingParams::default(), ignore_eos: true },
+        GenRequest { prompt: vec![99], max_tokens: 13, sampling: SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.9, seed: 5 }, ignore_eos: true },
+    ];
+    let together = e.generate(&reqs, 16).unwrap();
+    for (i, r) in reqs.iter().enumerate() {
+        let alone = e.generate(std::slice::from_ref(r), 8192).unwrap();
+        assert_eq!(alone[0].tokens, together[i].tokens, "request {i}");
+        assert_eq!(alone[0].tokens.len(), r.max_tokens);
+    }
+}
