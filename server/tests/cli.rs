@@ -76,12 +76,14 @@ fn sampling_is_seeded() {
 #[test]
 fn bad_input_gets_a_clear_error_and_json() {
     let dir = fixture("tiny-llama");
+    let golden_file = format!("{dir}/golden.json");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["generate", "--model", &dir, "--tokens", "1,x,3", "--max-tokens", "2", "--json"], "element 1 `x`"),
         (vec!["generate", "--model", &dir, "--tokens", "1,99999", "--max-tokens", "2", "--json"], "out of range"),
         (vec!["generate", "--model", "/nonexistent/model", "--tokens", "1", "--max-tokens", "2", "--json"], "/nonexistent/model"),
         (vec!["generate", "--model", &dir, "--tokens", "1", "--max-tokens", "2", "--top-p", "0", "--json"], "top_p"),
         (vec!["synth", "--preset", "nope", "-o", "/tmp/x", "--json"], "unknown preset"),
+        (vec!["generate", "--model", &golden_file, "--tokens", "1", "--max-tokens", "2", "--json"], "not supported yet"),
     ];
     for (args, want) in cases {
         let out = faascale(&args);

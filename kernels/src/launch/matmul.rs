@@ -17,6 +17,8 @@ const BLOCK_BYTES: usize = 256 * 1024;
 const N_ALIGN: usize = 12;
 /// Rows of x per block are a multiple of this (the tiles' heights: 4 and 3).
 const M_ALIGN: usize = 12;
+/// Smallest task worth handing to another thread, in multiply-adds (a few µs).
+const MIN_TASK_MACS: usize = 1 << 17;
 /// Convert bf16/f16 weight blocks to f32 once per task from this many rows of x.
 const CONVERT_MIN_M: usize = 8;
 
@@ -34,14 +36,27 @@ struct Plan {
 impl Plan {
     fn new(m: usize, n: usize, k: usize, threads: usize) -> Plan {
         let nb_cap = ((BLOCK_BYTES / (4 * k.max(1))) / N_ALIGN * N_ALIGN).max(N_ALIGN);
-        let want = if threads > 1 { 4 * threads } else { 1 };
+        // about 4 tasks per thread for balance, but none much below MIN_TASK_MACS
+        let macs = m.saturating_mul(n).saturating_mul(k.max(1));
+        let want = (4 * threads).min(macs / MIN_TASK_MACS).max(1);
         let n_blocks = n.div_ceil(nb_cap).max(want.min(n.div_ceil(N_ALIGN)));
         let nb = n.div_ceil(n_blocks).next_multiple_of(N_ALIGN).min(n);
         let n_blocks = n.div_ceil(nb);
-        let m_blocks = if n_blocks >= want { 1 } else { want.div_ceil(n_blocks).min(m.div_ceil(M_ALIGN)).max(1) };
+        let m_blocks = if n_blocks >= want {
+            1
+        } else {
+            want.div_ceil(n_blocks).min(m.div_ceil(M_ALIGN)).max(1)
+        };
         let mb = m.div_ceil(m_blocks).next_multiple_of(M_ALIGN).min(m);
         let m_blocks = m.div_ceil(mb);
-        Plan { m, n, mb, nb, m_blocks, n_blocks }
+        Plan {
+            m,
+            n,
+            mb,
+            nb,
+            m_blocks,
+            n_blocks,
+        }
     }
 
     fn tasks(&self) -> usize {
@@ -53,14 +68,24 @@ impl Plan {
         let (bj, bi) = (t / self.m_blocks, t % self.m_blocks);
         let i0 = bi * self.mb;
         let j0 = bj * self.nb;
-        (i0..(i0 + self.mb).min(self.m), j0..(j0 + self.nb).min(self.n))
+        (
+            i0..(i0 + self.mb).min(self.m),
+            j0..(j0 + self.nb).min(self.n),
+        )
     }
 }
 
 impl Kernels {
     /// `y[m, n] = x[m, k] · w[n, k]^T` with `w = Weights { rows: n, cols: k }`.
     /// Needs `x.len() == m * k` and `y.len() == m * n`.
-    pub fn matmul(&self, pool: &Pool, x: &[f32], m: usize, w: Weights, y: &mut [f32]) -> Result<(), KernelError> {
+    pub fn matmul(
+        &self,
+        pool: &Pool,
+        x: &[f32],
+        m: usize,
+        w: Weights,
+        y: &mut [f32],
+    ) -> Result<(), KernelError> {
         w.check()?;
         let (n, k) = (w.rows, w.cols);
         expect_len("matmul x", mul(m, k, "matmul m * k")?, x.len())?;
@@ -74,7 +99,7 @@ impl Kernels {
             let (rows, cols) = plan.block(t);
             // SAFETY: blocks of different tasks are disjoint rectangles of y, all inside
             // y[m, n] (Plan::block clamps to m and n); y stays mutably borrowed by us.
-            unsafe { self.matmul_block(x, k, rows, w, cols, out.get(), n) };
+            unsafe { self.matmul_block(x, rows, w, cols, out.get(), n) };
         });
         Ok(())
     }
@@ -82,20 +107,20 @@ impl Kernels {
     /// Computes y[rows, cols] of the product.
     ///
     /// # Safety
-    /// `y` must point to an `x.len() / k` by `ldy` f32 matrix valid for writes that
-    /// no one else touches at `rows` x `cols`; rows ⊆ 0..x.len()/k, cols ⊆ 0..w.rows,
-    /// `k == w.cols`, and `w` must satisfy `Weights::check`.
+    /// `y` must point to an f32 matrix with row stride `ldy`, valid for writes
+    /// and touched by no one else at `rows` x `cols`; `rows` must lie within the
+    /// rows of x (`x.len() / w.cols`), `cols` within `0..w.rows`, and `w` must
+    /// satisfy `Weights::check`.
     unsafe fn matmul_block(
         &self,
         x: &[f32],
-        k: usize,
         rows: std::ops::Range<usize>,
         w: Weights,
         cols: std::ops::Range<usize>,
         y: *mut f32,
         ldy: usize,
     ) {
-        let (m, n) = (rows.len(), cols.len());
+        let (m, n, k) = (rows.len(), cols.len(), w.cols);
         let xs = &x[rows.start * k..rows.end * k];
         let esize = w.dtype.size_bytes();
         let wb = &w.data[cols.start * k * esize..cols.end * k * esize];
@@ -108,11 +133,24 @@ impl Kernels {
                 // SAFETY: wf has n * k floats; wb has n * k elements of w.dtype.
                 unsafe { (self.ops.to_f32)(wb.as_ptr(), w.dtype.code(), wf.as_mut_ptr(), n * k) };
                 // SAFETY: see above; wf is n rows of k f32.
-                unsafe { (self.ops.matmul)(xs.as_ptr(), m, k, wf.as_ptr().cast(), DType::F32.code(), n, yb, ldy) };
+                unsafe {
+                    (self.ops.matmul)(
+                        xs.as_ptr(),
+                        m,
+                        k,
+                        wf.as_ptr().cast(),
+                        DType::F32.code(),
+                        n,
+                        yb,
+                        ldy,
+                    )
+                };
             });
         } else {
             // SAFETY: see above.
-            unsafe { (self.ops.matmul)(xs.as_ptr(), m, k, wb.as_ptr(), w.dtype.code(), n, yb, ldy) };
+            unsafe {
+                (self.ops.matmul)(xs.as_ptr(), m, k, wb.as_ptr(), w.dtype.code(), n, yb, ldy)
+            };
         }
     }
 }
@@ -123,7 +161,14 @@ mod tests {
 
     #[test]
     fn plan_covers_every_element_once() {
-        for &(m, n, k, threads) in &[(1, 1, 1, 1), (1, 576, 576, 2), (64, 49152, 576, 2), (7, 17, 33, 3), (256, 192, 576, 2), (3, 5, 1536, 4)] {
+        for &(m, n, k, threads) in &[
+            (1, 1, 1, 1),
+            (1, 576, 576, 2),
+            (64, 49152, 576, 2),
+            (7, 17, 33, 3),
+            (256, 192, 576, 2),
+            (3, 5, 1536, 4),
+        ] {
             let p = Plan::new(m, n, k, threads);
             let mut seen = vec![0u8; m * n];
             for t in 0..p.tasks() {
