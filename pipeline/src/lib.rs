@@ -23,6 +23,6 @@ pub use blocks::{BlockLayout, DEFAULT_NUM_BLOCKS};
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use engine::{Engine, FinishReason, GenRequest, GenResult};
 pub use error::{PipelineError, Result};
-pub use model::Model;
+pub use model::{Format, Model};
 pub use sampler::{Sampler, SamplingParams};
 pub use stage::{LogitsRows, Stage, StageBatch, StageInput, StageLimits, StageOutput};

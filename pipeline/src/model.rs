@@ -1,4 +1,7 @@
-//! A Hugging Face checkpoint directory opened for inference: config, tensors, tokenizer.
+//! A model opened for inference, whatever it came from: config, tensors, tokenizer.
+//!
+//! Today: a Hugging Face checkpoint directory. The loaders for GGUF files and packed block
+//! files produce the same `Model`, so every path through the engine is the same.
 
 use crate::blocks::BlockLayout;
 use crate::config::ModelConfig;
@@ -6,54 +9,82 @@ use crate::error::{PipelineError, Result};
 use crate::safetensors::Checkpoint;
 use crate::stage::{Stage, StageLimits};
 use crate::tokenizer::Tokenizer;
+use crate::weights::WeightSource;
 use kernels::Pool;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A Hugging Face directory: config.json, safetensors, tokenizer.json.
+    HfDir,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::HfDir => "hf",
+        }
+    }
+}
+
 pub struct Model {
-    pub dir: PathBuf,
+    pub path: PathBuf,
+    pub format: Format,
     pub config: Arc<ModelConfig>,
-    pub checkpoint: Checkpoint,
-    /// `tokenizer.json` when the directory has one; without it the model runs on token ids.
+    pub weights: Arc<dyn WeightSource + Send + Sync>,
+    /// Without a tokenizer the model runs on token ids.
     pub tokenizer: Option<Tokenizer>,
+    /// The chat template string, when the model carries one.
+    pub chat_template: Option<String>,
 }
 
 impl Model {
-    /// Opens a checkpoint directory (or the `config.json` inside one). Tensors are mapped,
-    /// not read; their shapes are checked when a stage is built from them.
+    /// Opens a model: a Hugging Face checkpoint directory (or the `config.json` inside one).
+    /// Tensors are memory-mapped, not read; their shapes are checked when a stage is built.
     pub fn open(path: &Path) -> Result<Self> {
-        let dir = if path.is_file() {
-            if path.file_name().and_then(|n| n.to_str()) != Some("config.json") {
-                return Err(PipelineError::Invalid {
-                    what: "model path",
-                    msg: format!(
-                        "{} is a file; give a Hugging Face checkpoint directory (GGUF and packed model files are not supported yet)",
-                        path.display()
-                    ),
-                });
+        if path.is_file() {
+            if path.file_name().and_then(|n| n.to_str()) == Some("config.json") {
+                return Self::open_hf_dir(path.parent().unwrap_or(Path::new(".")));
             }
-            path.parent().unwrap_or(Path::new(".")).to_path_buf()
-        } else {
-            path.to_path_buf()
-        };
+            return Err(PipelineError::Invalid {
+                what: "model path",
+                msg: format!(
+                    "{} is a file; give a Hugging Face checkpoint directory (GGUF and packed model files are not supported yet)",
+                    path.display()
+                ),
+            });
+        }
+        Self::open_hf_dir(path)
+    }
+
+    pub fn open_hf_dir(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
             return Err(PipelineError::Io {
-                path: dir,
+                path: dir.to_path_buf(),
                 op: "open model directory",
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
             });
         }
         let config = Arc::new(ModelConfig::from_file(&dir.join("config.json"))?);
-        let checkpoint = Checkpoint::open(&dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
-        Ok(Model { dir, config, checkpoint, tokenizer })
+        let chat_template = read_chat_template(&dir.join("tokenizer_config.json"));
+        Ok(Model { path: dir.to_path_buf(), format: Format::HfDir, config, weights: Arc::new(checkpoint), tokenizer, chat_template })
     }
 
     /// A stage for blocks `blocks` of a `num_blocks`-block layout.
     pub fn stage(&self, num_blocks: usize, blocks: Range<usize>, pool: Arc<Pool>, limits: StageLimits) -> Result<Stage> {
         let layout = BlockLayout::new(self.config.num_hidden_layers, num_blocks)?;
-        Stage::new(self.config.clone(), &self.checkpoint, layout, blocks, pool, limits)
+        Stage::new(self.config.clone(), self.weights.as_ref(), layout, blocks, pool, limits)
     }
+}
+
+/// `chat_template` from tokenizer_config.json, if the file exists and has one.
+fn read_chat_template(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("chat_template")?.as_str().map(str::to_string)
 }

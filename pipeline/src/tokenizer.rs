@@ -16,6 +16,30 @@ impl Tokenizer {
         Ok(Tokenizer { path: path.to_path_buf(), inner })
     }
 
+    /// Wraps a tokenizer built in memory (from GGUF metadata, from a packed file's header);
+    /// `origin` names where it came from, for error messages.
+    pub fn from_inner(inner: tokenizers::Tokenizer, origin: &Path) -> Self {
+        Tokenizer { path: origin.to_path_buf(), inner }
+    }
+
+    /// Parses `tokenizer.json` text held in memory (a packed file's header).
+    pub fn from_json_bytes(bytes: &[u8], origin: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| PipelineError::Tokenizer { path: origin.to_path_buf(), msg: e.to_string() })?;
+        Ok(Tokenizer { path: origin.to_path_buf(), inner })
+    }
+
+    /// The tokenizer as `tokenizer.json` text.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| PipelineError::Tokenizer { path: self.path.clone(), msg: format!("serialise: {e}") })
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
     /// Token ids of `text`, with no BOS or template added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self

@@ -61,7 +61,7 @@ pub fn run(a: Args) -> Result<(), String> {
         (_, Some(t)) => parse_tokens(t)?,
         (Some(text), None) => {
             let tok = model.tokenizer.as_ref().ok_or_else(|| {
-                format!("{} has no tokenizer.json: pass the prompt as --tokens 1,2,3", model.dir.display())
+                format!("{} has no tokenizer.json: pass the prompt as --tokens 1,2,3", model.path.display())
             })?;
             tok.encode(text).map_err(|e| e.to_string())?
         }
@@ -75,7 +75,7 @@ pub fn run(a: Args) -> Result<(), String> {
     let mut engine = Engine::new(vec![stage]).map_err(|e| e.to_string())?;
     log::info!(
         "loaded {} ({}, {} parameters) in {:.0} ms; {threads} threads, {} kernels",
-        model.dir.display(),
+        model.path.display(),
         cfg.arch.hf_name(),
         cfg.parameter_count(),
         t_load.elapsed().as_secs_f64() * 1e3,
