@@ -38,6 +38,12 @@ pub enum PipelineError {
     Invalid { what: &'static str, msg: String },
     /// A compute kernel rejected its arguments (an engine bug if it happens).
     Kernel(kernels::KernelError),
+    /// A packed block file is malformed: preamble, header, tensor index or block table.
+    Packed { path: PathBuf, offset: u64, msg: String },
+    /// A transfer block of a packed file does not match its crc32c.
+    ChecksumMismatch { path: PathBuf, exec_block: usize, transfer_block: usize, offset: u64, len: u64, expected: u32, got: u32 },
+    /// A tensor was asked for whose execution block has not arrived (or not been verified).
+    BlockAbsent { path: PathBuf, exec_block: usize, tensor: String },
 }
 
 pub type Result<T> = std::result::Result<T, PipelineError>;
@@ -81,6 +87,18 @@ impl fmt::Display for PipelineError {
             Wire { offset, msg } => write!(f, "hidden-state message at byte {offset}: {msg}"),
             Invalid { what, msg } => write!(f, "invalid {what}: {msg}"),
             Kernel(e) => write!(f, "kernel: {e}"),
+            Packed { path, offset, msg } => write!(f, "{}: malformed packed file at byte {offset}: {msg}", path.display()),
+            ChecksumMismatch { path, exec_block, transfer_block, offset, len, expected, got } => write!(
+                f,
+                "{}: checksum mismatch in execution block {exec_block}, transfer block {transfer_block} (bytes {offset}..{}): crc32c {got:#010x}, expected {expected:#010x}",
+                path.display(),
+                offset + len
+            ),
+            BlockAbsent { path, exec_block, tensor } => write!(
+                f,
+                "{}: tensor `{tensor}` is in execution block {exec_block}, which is not present yet",
+                path.display()
+            ),
         }
     }
 }

@@ -5,11 +5,13 @@
 //! (`blocks`); a `Stage` runs a range of them; an `Engine` chains stages on one node.
 
 pub mod blocks;
+pub mod chat;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod kv;
 pub mod model;
+pub mod packed;
 pub mod safetensors;
 pub mod sampler;
 pub mod stage;

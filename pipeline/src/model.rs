@@ -19,12 +19,15 @@ use std::sync::Arc;
 pub enum Format {
     /// A Hugging Face directory: config.json, safetensors, tokenizer.json.
     HfDir,
+    /// A faascale packed block file (`pipeline::packed`).
+    Packed,
 }
 
 impl Format {
     pub fn as_str(self) -> &'static str {
         match self {
             Format::HfDir => "hf",
+            Format::Packed => "packed",
         }
     }
 }
@@ -45,13 +48,16 @@ impl Model {
     /// Tensors are memory-mapped, not read; their shapes are checked when a stage is built.
     pub fn open(path: &Path) -> Result<Self> {
         if path.is_file() {
+            if crate::packed::is_packed_file(path) {
+                return crate::packed::open(path);
+            }
             if path.file_name().and_then(|n| n.to_str()) == Some("config.json") {
                 return Self::open_hf_dir(path.parent().unwrap_or(Path::new(".")));
             }
             return Err(PipelineError::Invalid {
                 what: "model path",
                 msg: format!(
-                    "{} is a file; give a Hugging Face checkpoint directory (GGUF and packed model files are not supported yet)",
+                    "{} is a file; give a Hugging Face checkpoint directory (GGUF is not supported yet; packed files start with FSCLPACK)",
                     path.display()
                 ),
             });

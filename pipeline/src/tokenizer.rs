@@ -56,6 +56,11 @@ impl Tokenizer {
             .map_err(|e| PipelineError::Tokenizer { path: self.path.clone(), msg: format!("decode: {e}") })
     }
 
+    /// The string of token `id`, if the vocabulary has it.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -57,7 +57,7 @@ impl StageWeights {
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let first = blocks.start == 0;
         let last = blocks.end == layout.num_blocks;
-        let embed = if first || (last && cfg.tie_word_embeddings) {
+        let embed = if first || (last && cfg.tie_word_embeddings && !src.contains("lm_head.weight")) {
             Some(src.tensor("model.embed_tokens.weight", &[v, d])?)
         } else {
             None
@@ -90,7 +90,7 @@ impl StageWeights {
         let (final_norm, lm_head) = if last {
             let norm = src.tensor("model.norm.weight", &[d])?.to_f32_vec()?;
             let head = if cfg.tie_word_embeddings && !src.contains("lm_head.weight") {
-                embed.clone().expect("tied embedding loaded above")
+                embed.clone().expect("tied embedding loaded above when there is no lm_head.weight")
             } else {
                 src.tensor("lm_head.weight", &[v, d])?
             };

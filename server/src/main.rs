@@ -25,6 +25,10 @@ enum Command {
     Generate(cli::generate::Args),
     /// Write a seeded random checkpoint (config.json + model.safetensors) of a given shape.
     Synth(cli::synth::Args),
+    /// Write a model as a packed block file (execution blocks cut into checksummed transfer blocks).
+    Pack(cli::pack::Args),
+    /// Show a model's architecture, dtypes and, for a packed file, its blocks and checksums.
+    Inspect(cli::inspect::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,8 @@ fn main() -> ExitCode {
     let (json, result) = match cli.command {
         Command::Generate(a) => (a.json, cli::generate::run(a)),
         Command::Synth(a) => (a.json, cli::synth::run(a)),
+        Command::Pack(a) => (a.json, cli::pack::run(a)),
+        Command::Inspect(a) => (a.json, cli::inspect::run(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -83,7 +83,7 @@ fn bad_input_gets_a_clear_error_and_json() {
         (vec!["generate", "--model", "/nonexistent/model", "--tokens", "1", "--max-tokens", "2", "--json"], "/nonexistent/model"),
         (vec!["generate", "--model", &dir, "--tokens", "1", "--max-tokens", "2", "--top-p", "0", "--json"], "top_p"),
         (vec!["synth", "--preset", "nope", "-o", "/tmp/x", "--json"], "unknown preset"),
-        (vec!["generate", "--model", &golden_file, "--tokens", "1", "--max-tokens", "2", "--json"], "not supported yet"),
+        (vec!["generate", "--model", &golden_file, "--tokens", "1", "--max-tokens", "2", "--json"], "GGUF is not supported yet"),
     ];
     for (args, want) in cases {
         let out = faascale(&args);
@@ -96,4 +96,22 @@ fn bad_input_gets_a_clear_error_and_json() {
     // a missing required flag is refused by the argument parser
     let out = faascale(&["generate", "--model", &dir, "--max-tokens", "2"]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn generate_gives_the_same_tokens_from_a_packed_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("tiny-llama");
+    let packed = tmp.path().join("tiny.fspack");
+    let out = faascale(&["pack", "--model", &dir, "-o", packed.to_str().unwrap(), "--blocks", "4", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = |model: &str| {
+        let out = faascale(&["generate", "--model", model, "--prompt", "Hello, world", "--max-tokens", "10", "--ignore-eos", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        last_json(&out)
+    };
+    let (a, b) = (run(&dir), run(packed.to_str().unwrap()));
+    assert_eq!(a["prompt_tokens"], b["prompt_tokens"]);
+    assert_eq!(a["tokens"], b["tokens"]);
+    assert_eq!(a["text"], b["text"]);
 }

@@ -14,6 +14,9 @@ pub struct Args {
     /// Prompt text, tokenized as-is (no special tokens, no template).
     #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
     prompt: Option<String>,
+    /// Wrap --prompt as a user message in the model's chat template (with the assistant's turn opened).
+    #[arg(long, requires = "prompt")]
+    chat: bool,
     /// Prompt as comma-separated token ids.
     #[arg(long)]
     tokens: Option<String>,
@@ -50,6 +53,18 @@ pub fn parse_tokens(s: &str) -> Result<Vec<u32>, String> {
         .collect()
 }
 
+/// `text` as the model's chat template renders a single user turn.
+fn chat_prompt(model: &Model, tok: &pipeline::tokenizer::Tokenizer, text: &str) -> Result<String, String> {
+    let template = model
+        .chat_template
+        .as_deref()
+        .ok_or_else(|| format!("--chat: {} carries no chat template", model.path.display()))?;
+    let token = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
+    let bos = token(model.config.bos_token_id);
+    let eos = token(model.config.eos_token_ids.first().copied());
+    pipeline::chat::render(template, &[pipeline::chat::Message::user(text)], true, &bos, &eos).map_err(|e| e.to_string())
+}
+
 pub fn run(a: Args) -> Result<(), String> {
     let threads = a.threads.unwrap_or_else(Pool::default_threads);
     if threads == 0 || threads > 1024 {
@@ -63,7 +78,8 @@ pub fn run(a: Args) -> Result<(), String> {
             let tok = model.tokenizer.as_ref().ok_or_else(|| {
                 format!("{} has no tokenizer.json: pass the prompt as --tokens 1,2,3", model.path.display())
             })?;
-            tok.encode(text).map_err(|e| e.to_string())?
+            let text = if a.chat { chat_prompt(&model, tok, text)? } else { text.clone() };
+            tok.encode(&text).map_err(|e| e.to_string())?
         }
         (None, None) => return Err("give --prompt TEXT or --tokens 1,2,3".into()),
     };
