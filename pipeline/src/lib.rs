@@ -9,6 +9,7 @@ pub mod chat;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod gguf;
 pub mod kv;
 pub mod model;
 pub mod packed;

@@ -21,6 +21,8 @@ pub enum Format {
     HfDir,
     /// A faascale packed block file (`pipeline::packed`).
     Packed,
+    /// A GGUF file (llama.cpp's format), dequantized at load (`pipeline::gguf`).
+    Gguf,
 }
 
 impl Format {
@@ -28,6 +30,7 @@ impl Format {
         match self {
             Format::HfDir => "hf",
             Format::Packed => "packed",
+            Format::Gguf => "gguf",
         }
     }
 }
@@ -44,12 +47,22 @@ pub struct Model {
 }
 
 impl Model {
-    /// Opens a model: a Hugging Face checkpoint directory (or the `config.json` inside one).
+    /// Opens a model: a Hugging Face checkpoint directory (or the `config.json` inside one),
+    /// a GGUF file (dequantized to f32), or a packed block file (`faascale pack`).
     /// Tensors are memory-mapped, not read; their shapes are checked when a stage is built.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, kernels::DType::F32)
+    }
+
+    /// As `open`, with the dtype GGUF weights are dequantized to (F32 or BF16; other
+    /// formats keep the dtype they store).
+    pub fn open_with(path: &Path, gguf_dtype: kernels::DType) -> Result<Self> {
         if path.is_file() {
             if crate::packed::is_packed_file(path) {
                 return crate::packed::open(path);
+            }
+            if crate::gguf::is_gguf_file(path) {
+                return crate::gguf::open(path, crate::gguf::GgufOptions { dtype: gguf_dtype, ..Default::default() });
             }
             if path.file_name().and_then(|n| n.to_str()) == Some("config.json") {
                 return Self::open_hf_dir(path.parent().unwrap_or(Path::new(".")));
@@ -57,7 +70,7 @@ impl Model {
             return Err(PipelineError::Invalid {
                 what: "model path",
                 msg: format!(
-                    "{} is a file; give a Hugging Face checkpoint directory (GGUF is not supported yet; packed files start with FSCLPACK)",
+                    "{} is a file; give a Hugging Face checkpoint directory (expected a GGUF file, a packed file, or config.json)",
                     path.display()
                 ),
             });

@@ -83,7 +83,7 @@ fn bad_input_gets_a_clear_error_and_json() {
         (vec!["generate", "--model", "/nonexistent/model", "--tokens", "1", "--max-tokens", "2", "--json"], "/nonexistent/model"),
         (vec!["generate", "--model", &dir, "--tokens", "1", "--max-tokens", "2", "--top-p", "0", "--json"], "top_p"),
         (vec!["synth", "--preset", "nope", "-o", "/tmp/x", "--json"], "unknown preset"),
-        (vec!["generate", "--model", &golden_file, "--tokens", "1", "--max-tokens", "2", "--json"], "GGUF is not supported yet"),
+        (vec!["generate", "--model", &golden_file, "--tokens", "1", "--max-tokens", "2", "--json"], "expected a GGUF file"),
     ];
     for (args, want) in cases {
         let out = faascale(&args);

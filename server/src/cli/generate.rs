@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    /// A Hugging Face checkpoint directory, a GGUF file, or a packed file (faascale pack).
     #[arg(long)]
     model: PathBuf,
     /// Prompt text, tokenized as-is (no special tokens, no template).
@@ -39,6 +39,9 @@ pub struct Args {
     /// Worker threads (default: FAASCALE_THREADS or every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// For a GGUF model: dequantize to f32 (what transformers computes with) or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// Print one line of JSON as the last line of standard output.
     #[arg(long)]
     pub json: bool,
@@ -71,7 +74,7 @@ pub fn run(a: Args) -> Result<(), String> {
         return Err(format!("--threads {threads}: expected 1 ..= 1024"));
     }
     let t_load = std::time::Instant::now();
-    let model = Model::open(&a.model).map_err(|e| e.to_string())?;
+    let model = Model::open_with(&a.model, super::gguf_dtype(&a.dtype)?).map_err(|e| e.to_string())?;
     let prompt = match (&a.prompt, &a.tokens) {
         (_, Some(t)) => parse_tokens(t)?,
         (Some(text), None) => {

@@ -119,7 +119,7 @@ fn inspect_model(a: &Args) -> Result<Value, String> {
     if a.verify {
         log::warn!("--verify checks packed files' block checksums; {} is not a packed file", a.path.display());
     }
-    let model = super::pack::open_model(&a.path)?;
+    let model = pipeline::Model::open(&a.path).map_err(|e| e.to_string())?;
     let cfg = model.config.clone();
     let mut out = Map::new();
     out.insert("path".into(), json!(a.path));

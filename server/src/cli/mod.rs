@@ -4,3 +4,12 @@ pub mod generate;
 pub mod inspect;
 pub mod pack;
 pub mod synth;
+
+/// `--dtype` for GGUF sources: what quantized weights are dequantized to.
+pub fn gguf_dtype(s: &str) -> Result<kernels::DType, String> {
+    match s {
+        "f32" => Ok(kernels::DType::F32),
+        "bf16" => Ok(kernels::DType::BF16),
+        other => Err(format!("--dtype {other}: expected f32 or bf16")),
+    }
+}

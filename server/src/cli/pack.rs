@@ -6,7 +6,7 @@
 
 use pipeline::packed;
 use pipeline::Model;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,6 +27,9 @@ pub struct Args {
     /// Print one line of JSON as the last line of standard output.
     #[arg(long)]
     pub json: bool,
+    /// For a GGUF source: dequantize to f32 (what transformers computes with) or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 /// `4096`, `64K`, `4M`, `4MiB`, `1G`: binary multiples.
@@ -45,19 +48,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("`{s}`: too large"))
 }
 
-/// Opens any model the engine reads; packed files by their magic.
-pub fn open_model(path: &Path) -> Result<Model, String> {
-    if packed::is_packed_file(path) {
-        packed::open(path).map_err(|e| e.to_string())
-    } else {
-        Model::open(path).map_err(|e| e.to_string())
-    }
-}
 
 pub fn run(a: Args) -> Result<(), String> {
     let chunk = a.chunk_bytes.as_deref().map(parse_bytes).transpose().map_err(|e| format!("--chunk-bytes {e}"))?;
     let t_open = std::time::Instant::now();
-    let model = open_model(&a.model)?;
+    let model = Model::open_with(&a.model, super::gguf_dtype(&a.dtype)?).map_err(|e| e.to_string())?;
     let cfg = model.config.clone();
     let blocks = match a.blocks {
         Some(b) => b,
