@@ -1,6 +1,8 @@
 //! Decode speed against the memory bound, measured in the same run.
 //!
-//! `cargo run --release -p perf --bin decode -- [--model DIR] [--threads N] [--tokens N] [--repeats N]`
+//! `cargo run --release -p perf --bin decode -- [--model PATH] [--dtype f32|bf16] [--threads N] [--tokens N] [--prefill N] [--repeats N]`
+//!
+//! Also reports prefill tokens/s: time to the first token of a `--prefill`-token prompt (default 256).
 //!
 //! Without `--model` it writes a SmolLM2-135M-shaped checkpoint (bf16, seeded) under
 //! `target/perf-models/`. Decoding one token reads every weight matrix once (the tied LM
@@ -106,7 +108,13 @@ fn main() {
         }
     };
     let pool = Arc::new(Pool::new(threads));
-    let model = Model::open(&dir).expect("open model");
+    let gguf_dtype = match arg(&args, "--dtype").as_deref() {
+        None | Some("f32") => kernels::DType::F32,
+        Some("bf16") => kernels::DType::BF16,
+        Some(other) => panic!("--dtype {other}: expected f32 or bf16"),
+    };
+    let prefill_len: usize = arg(&args, "--prefill").map(|s| s.parse().expect("--prefill N")).unwrap_or(256);
+    let model = Model::open_with(&dir, gguf_dtype).expect("open model");
     let cfg = model.config.clone();
     let elem = model
         .weights
@@ -144,6 +152,14 @@ fn main() {
         );
     }
     let decode_tokens_per_s = median(tps);
+    // prefill: time to the first token of a prefill_len-token prompt
+    let long = GenRequest { prompt: (0..prefill_len as u32).map(|i| 1 + i * 7 % (cfg.vocab_size as u32 - 1)).collect(), max_tokens: 1, ..req.clone() };
+    let mut pps = Vec::new();
+    for _ in 0..repeats {
+        let ttft_ms = engine.generate(std::slice::from_ref(&long), 8192).expect("prefill")[0].ttft_ms;
+        pps.push(prefill_len as f64 / (ttft_ms / 1e3));
+    }
+    let prefill_tokens_per_s = median(pps);
     let copy_bytes_per_s = copy_bandwidth(&pool, repeats.max(3));
     let read_bytes_per_s = read_bandwidth(&pool, repeats.max(3));
     let bound_copy = copy_bytes_per_s / weight_bytes_per_token;
@@ -164,15 +180,21 @@ fn main() {
         read_bytes_per_s / 1e9,
         bound_read
     );
+    eprintln!("prefill of {prefill_len} tokens (median of {repeats}): {:.1} tokens/s", prefill_tokens_per_s);
     eprintln!("decode (median of {repeats})          {:>8.1} tokens/s = {:.2} of the copy bound, {:.2} of the read bound", decode_tokens_per_s, decode_tokens_per_s / bound_copy, decode_tokens_per_s / bound_read);
     println!(
         "{}",
         serde_json::json!({
             "bench": "decode", "threads": threads, "kernels": kernels::variant(),
             "weight_bytes_per_token": weight_bytes_per_token, "decode_tokens_per_s": decode_tokens_per_s,
+            "prefill_tokens": prefill_len, "prefill_tokens_per_s": prefill_tokens_per_s, "weight_dtype": gguf_dtype_used(elem),
             "copy_bytes_per_s": copy_bytes_per_s, "read_bytes_per_s": read_bytes_per_s,
             "bound_tokens_per_s_copy": bound_copy, "bound_tokens_per_s_read": bound_read,
             "ratio_vs_copy_bound": decode_tokens_per_s / bound_copy, "ratio_vs_read_bound": decode_tokens_per_s / bound_read,
         })
     );
+}
+
+fn gguf_dtype_used(elem_bytes: usize) -> &'static str {
+    if elem_bytes == 4 { "f32" } else { "16-bit" }
 }
