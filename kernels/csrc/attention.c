@@ -56,6 +56,26 @@ FS512_INLINE __m128 dots512(const int nk, const float *q, const float *kt, size_
     return fs512_reduce4(acc[0], acc[1], acc[2], acc[3]);
 }
 
+/* out[d0 .. d0 + 16 nv) = sum_t p[t] * v_t[same range], nv (1..VCHUNK) vectors
+ * kept in registers, the last one masked. */
+FS512_INLINE void pv512(const size_t nv, const float *p, const float *v, size_t n_keys, size_t kv_stride,
+                        size_t d0, size_t head_dim, float *out) {
+    __m512 acc[VCHUNK];
+    __mmask16 mask[VCHUNK];
+    for (size_t c = 0; c < nv; c++) {
+        size_t rem = head_dim - d0 - 16 * c;
+        mask[c] = rem >= 16 ? (__mmask16)0xffff : fs512_tail_mask(rem);
+        acc[c] = _mm512_setzero_ps();
+    }
+    for (size_t t = 0; t < n_keys; t++) {
+        __m512 pt = _mm512_set1_ps(p[t]);
+        const float *vt = v + t * kv_stride + d0;
+        for (size_t c = 0; c < nv; c++)
+            acc[c] = _mm512_fmadd_ps(pt, _mm512_maskz_loadu_ps(mask[c], vt + 16 * c), acc[c]);
+    }
+    for (size_t c = 0; c < nv; c++) _mm512_mask_storeu_ps(out + d0 + 16 * c, mask[c], acc[c]);
+}
+
 FS_AVX512 void fs_attn_head_avx512(const float *q, const float *k, const float *v, size_t n_keys, size_t kv_stride,
                                    size_t head_dim, float scale, float *scores, float *out) {
     __m128 sc = _mm_set1_ps(scale);
@@ -67,21 +87,17 @@ FS_AVX512 void fs_attn_head_avx512(const float *q, const float *k, const float *
     fs_softmax_avx512(scores, n_keys);
     for (size_t d0 = 0; d0 < head_dim; d0 += 16 * VCHUNK) {
         size_t nv = (head_dim - d0 + 15) / 16;
-        if (nv > VCHUNK) nv = VCHUNK;
-        __m512 acc[VCHUNK];
-        __mmask16 mask[VCHUNK];
-        for (size_t c = 0; c < nv; c++) {
-            size_t rem = head_dim - d0 - 16 * c;
-            mask[c] = rem >= 16 ? (__mmask16)0xffff : fs512_tail_mask(rem);
-            acc[c] = _mm512_setzero_ps();
+        /* constant counts, so the accumulators live in registers */
+        switch (nv < VCHUNK ? nv : VCHUNK) {
+        case 1: pv512(1, scores, v, n_keys, kv_stride, d0, head_dim, out); break;
+        case 2: pv512(2, scores, v, n_keys, kv_stride, d0, head_dim, out); break;
+        case 3: pv512(3, scores, v, n_keys, kv_stride, d0, head_dim, out); break;
+        case 4: pv512(4, scores, v, n_keys, kv_stride, d0, head_dim, out); break;
+        case 5: pv512(5, scores, v, n_keys, kv_stride, d0, head_dim, out); break;
+        case 6: pv512(6, scores, v, n_keys, kv_stride, d0, head_dim, out); break;
+        case 7: pv512(7, scores, v, n_keys, kv_stride, d0, head_dim, out); break;
+        default: pv512(8, scores, v, n_keys, kv_stride, d0, head_dim, out); break;
         }
-        for (size_t t2 = 0; t2 < n_keys; t2++) {
-            __m512 p = _mm512_set1_ps(scores[t2]);
-            const float *vt = v + t2 * kv_stride + d0;
-            for (size_t c = 0; c < nv; c++)
-                acc[c] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mask[c], vt + 16 * c), acc[c]);
-        }
-        for (size_t c = 0; c < nv; c++) _mm512_mask_storeu_ps(out + d0 + 16 * c, mask[c], acc[c]);
     }
 }
 

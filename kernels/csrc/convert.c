@@ -4,8 +4,16 @@
  * bit manipulation of fs_f16_to_f32), subnormals, infinities and NaN included. */
 #include "simd_x86.h"
 
-void fs_to_f32_scalar(const uint8_t *src, int dtype, float *dst, size_t n) {
+FS_INLINE void to_f32_scalar(const uint8_t *src, const int dtype, float *dst, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = fs_load_elem(src, i, dtype);
+}
+
+void fs_to_f32_scalar(const uint8_t *src, int dtype, float *dst, size_t n) {
+    switch (dtype) {
+    case FS_BF16: to_f32_scalar(src, FS_BF16, dst, n); break;
+    case FS_F16: to_f32_scalar(src, FS_F16, dst, n); break;
+    default: to_f32_scalar(src, FS_F32, dst, n); break;
+    }
 }
 
 #ifdef FS_X86

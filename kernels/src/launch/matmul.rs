@@ -4,12 +4,14 @@
 //! blocks are pool tasks. K is never split, and every output element is
 //! computed by the same arithmetic whatever its block (see csrc/matmul.c), so
 //! results do not depend on m, on the other rows of x, or on the thread count.
-//! For bf16/f16 weights and enough rows, a task first widens its weight block
-//! to f32 in scratch (exact), then multiplies by that.
+//! bf16/f16 weights are widened to f32 (exactly) inside the kernel's loads, or,
+//! for variants where that is slower than a separate pass (see
+//! `convert_min_rows`) and enough rows of x, widened into a per-task scratch
+//! block first. The results are the same bits either way.
 
 use super::{with_scratch, SharedPtr};
 use crate::error::{expect_len, mul, KernelError};
-use crate::{DType, Kernels, Pool, Weights};
+use crate::{DType, Kernels, Pool, Variant, Weights};
 
 /// Bytes of f32 weights a task works on at once (sized to stay in L2).
 const BLOCK_BYTES: usize = 256 * 1024;
@@ -19,8 +21,6 @@ const N_ALIGN: usize = 12;
 const M_ALIGN: usize = 12;
 /// Smallest task worth handing to another thread, in multiply-adds (a few µs).
 const MIN_TASK_MACS: usize = 1 << 17;
-/// Convert bf16/f16 weight blocks to f32 once per task from this many rows of x.
-const CONVERT_MIN_M: usize = 8;
 
 /// How the product is cut into tasks.
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +38,11 @@ impl Plan {
         let nb_cap = ((BLOCK_BYTES / (4 * k.max(1))) / N_ALIGN * N_ALIGN).max(N_ALIGN);
         // about 4 tasks per thread for balance, but none much below MIN_TASK_MACS
         let macs = m.saturating_mul(n).saturating_mul(k.max(1));
-        let want = (4 * threads).min(macs / MIN_TASK_MACS).max(1);
+        let want = if threads > 1 {
+            (4 * threads).min(macs / MIN_TASK_MACS).max(1)
+        } else {
+            1
+        };
         let n_blocks = n.div_ceil(nb_cap).max(want.min(n.div_ceil(N_ALIGN)));
         let nb = n.div_ceil(n_blocks).next_multiple_of(N_ALIGN).min(n);
         let n_blocks = n.div_ceil(nb);
@@ -72,6 +76,23 @@ impl Plan {
             i0..(i0 + self.mb).min(self.m),
             j0..(j0 + self.nb).min(self.n),
         )
+    }
+}
+
+/// From how many rows of x a task widens a bf16/f16 weight block into scratch
+/// once, instead of in the loads of every register tile. Measured on Zen 4 at
+/// the SmolLM2 shapes, m 1..256: AVX-512 widening in the loads costs nothing
+/// (converting first is up to 10% slower); AVX2 bf16 widening in the loads is
+/// about 15% slower from m = 32 on, AVX2 f16 is not; scalar bf16 in the loads is
+/// as fast as f32, scalar f16 is far slower than one pass.
+fn convert_min_rows(variant: Variant, dtype: DType) -> usize {
+    match (variant, dtype) {
+        (_, DType::F32)
+        | (Variant::Avx512, _)
+        | (Variant::Avx2, DType::F16)
+        | (Variant::Scalar, DType::BF16) => usize::MAX,
+        (Variant::Avx2, DType::BF16) => 32,
+        (Variant::Scalar, DType::F16) => 1,
     }
 }
 
@@ -124,15 +145,16 @@ impl Kernels {
         let xs = &x[rows.start * k..rows.end * k];
         let esize = w.dtype.size_bytes();
         let wb = &w.data[cols.start * k * esize..cols.end * k * esize];
-        // SAFETY (both calls below): xs holds m rows of k floats and wb n rows of k
-        // elements of w.dtype (bounds-checked slices); y + rows.start * ldy + cols.start
-        // addresses an m x n block with row stride ldy that the caller gives us.
+        // SAFETY: rows.start < rows of y and cols.start < ldy (the caller's contract),
+        // so the offset stays inside y's allocation. Below, xs holds m rows of k
+        // floats and wb n rows of k elements of w.dtype (bounds-checked slices), and
+        // yb addresses the m x n block with row stride ldy that the caller gives us.
         let yb = unsafe { y.add(rows.start * ldy + cols.start) };
-        if w.dtype != DType::F32 && m >= CONVERT_MIN_M {
+        if m >= convert_min_rows(self.variant(), w.dtype) {
             with_scratch(n * k, |wf| {
                 // SAFETY: wf has n * k floats; wb has n * k elements of w.dtype.
                 unsafe { (self.ops.to_f32)(wb.as_ptr(), w.dtype.code(), wf.as_mut_ptr(), n * k) };
-                // SAFETY: see above; wf is n rows of k f32.
+                // SAFETY: xs, yb as above; wf is n rows of k f32.
                 unsafe {
                     (self.ops.matmul)(
                         xs.as_ptr(),
