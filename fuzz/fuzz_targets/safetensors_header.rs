@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(f) = pipeline::safetensors::SafetensorsFile::from_bytes(Path::new("fuzz"), Arc::new(data.to_vec())) else { return };
+    let Ok(f) = pipeline::safetensors::SafetensorsFile::from_bytes(Path::new("fuzz"), Arc::new(data.to_vec())) else {
+        return;
+    };
     for (name, info) in &f.tensors {
         assert!(info.begin <= info.end && info.end <= data.len(), "{name}");
         if let Some(Ok(t)) = f.tensor(name) {

@@ -48,18 +48,8 @@ pub struct Weights<'a> {
 
 impl<'a> Weights<'a> {
     /// Checks that `data` holds exactly `rows * cols` elements of `dtype`.
-    pub fn new(
-        data: &'a [u8],
-        dtype: DType,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Self, KernelError> {
-        let w = Weights {
-            data,
-            dtype,
-            rows,
-            cols,
-        };
+    pub fn new(data: &'a [u8], dtype: DType, rows: usize, cols: usize) -> Result<Self, KernelError> {
+        let w = Weights { data, dtype, rows, cols };
         w.check()?;
         Ok(w)
     }
@@ -68,9 +58,7 @@ impl<'a> Weights<'a> {
     pub fn from_f32(data: &'a [f32], rows: usize, cols: usize) -> Result<Self, KernelError> {
         // SAFETY: any f32 bit pattern is 4 valid bytes; the byte slice covers exactly
         // the memory of `data` and borrows it for the same lifetime.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data))
-        };
+        let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) };
         Weights::new(bytes, DType::F32, rows, cols)
     }
 

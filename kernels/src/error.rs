@@ -70,10 +70,9 @@ impl fmt::Display for KernelError {
             }
             KernelError::InvalidDim { what, value, reason } => write!(f, "{what} = {value}: {reason}"),
             KernelError::SizeOverflow { what } => write!(f, "{what}: size overflows usize"),
-            KernelError::ContextTooShort { seq, needed, got } => write!(
-                f,
-                "attention sequence {seq}: key/value cache holds {got} positions, queries need {needed}"
-            ),
+            KernelError::ContextTooShort { seq, needed, got } => {
+                write!(f, "attention sequence {seq}: key/value cache holds {got} positions, queries need {needed}")
+            }
             KernelError::UnknownVariant { name } => {
                 write!(f, "unknown CPU kernel variant {name:?} (expected scalar, avx2 or avx512)")
             }
@@ -92,18 +91,10 @@ pub(crate) fn mul(a: usize, b: usize, what: &'static str) -> Result<usize, Kerne
 }
 
 /// `Ok` when `got == expected`, else `ShapeMismatch`.
-pub(crate) fn expect_len(
-    what: &'static str,
-    expected: usize,
-    got: usize,
-) -> Result<(), KernelError> {
+pub(crate) fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<(), KernelError> {
     if expected == got {
         Ok(())
     } else {
-        Err(KernelError::ShapeMismatch {
-            what,
-            expected,
-            got,
-        })
+        Err(KernelError::ShapeMismatch { what, expected, got })
     }
 }

@@ -18,29 +18,15 @@ pub(crate) type MatmulFn = unsafe extern "C" fn(
     ldy: usize,
 );
 /// `fs_to_f32_*`: dst[0..n] = src elements of `dtype` code widened to f32.
-pub(crate) type ToF32Fn =
-    unsafe extern "C" fn(src: *const u8, dtype: c_int, dst: *mut f32, n: usize);
+pub(crate) type ToF32Fn = unsafe extern "C" fn(src: *const u8, dtype: c_int, dst: *mut f32, n: usize);
 /// `fs_rmsnorm_*`: rows of `dim` elements; out may alias x.
-pub(crate) type RmsnormFn = unsafe extern "C" fn(
-    x: *const f32,
-    weight: *const f32,
-    rows: usize,
-    dim: usize,
-    eps: f32,
-    out: *mut f32,
-);
+pub(crate) type RmsnormFn =
+    unsafe extern "C" fn(x: *const f32, weight: *const f32, rows: usize, dim: usize, eps: f32, out: *mut f32);
 /// `fs_rope_*`: in place on x [rows, n_heads, head_dim], cos/sin [rows, head_dim / 2].
-pub(crate) type RopeFn = unsafe extern "C" fn(
-    x: *mut f32,
-    rows: usize,
-    n_heads: usize,
-    head_dim: usize,
-    cos: *const f32,
-    sin: *const f32,
-);
+pub(crate) type RopeFn =
+    unsafe extern "C" fn(x: *mut f32, rows: usize, n_heads: usize, head_dim: usize, cos: *const f32, sin: *const f32);
 /// `fs_silu_mul_*`: out[i] = silu(gate[i]) * up[i]; out may alias gate or up.
-pub(crate) type SiluMulFn =
-    unsafe extern "C" fn(gate: *const f32, up: *const f32, out: *mut f32, n: usize);
+pub(crate) type SiluMulFn = unsafe extern "C" fn(gate: *const f32, up: *const f32, out: *mut f32, n: usize);
 /// `fs_softmax_*`: in place over n elements.
 pub(crate) type SoftmaxFn = unsafe extern "C" fn(x: *mut f32, n: usize);
 /// `fs_attn_head_*`: one (query, head) item; scores is scratch of n_keys floats.
@@ -80,22 +66,8 @@ extern "C" {
         ldy: usize,
     );
     fn fs_to_f32_scalar(src: *const u8, dtype: c_int, dst: *mut f32, n: usize);
-    fn fs_rmsnorm_scalar(
-        x: *const f32,
-        weight: *const f32,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: *mut f32,
-    );
-    fn fs_rope_scalar(
-        x: *mut f32,
-        rows: usize,
-        n_heads: usize,
-        head_dim: usize,
-        cos: *const f32,
-        sin: *const f32,
-    );
+    fn fs_rmsnorm_scalar(x: *const f32, weight: *const f32, rows: usize, dim: usize, eps: f32, out: *mut f32);
+    fn fs_rope_scalar(x: *mut f32, rows: usize, n_heads: usize, head_dim: usize, cos: *const f32, sin: *const f32);
     fn fs_silu_mul_scalar(gate: *const f32, up: *const f32, out: *mut f32, n: usize);
     fn fs_softmax_scalar(x: *mut f32, n: usize);
     fn fs_attn_head_scalar(
@@ -143,22 +115,8 @@ mod x86 {
             ldy: usize,
         );
         fn fs_to_f32_avx2(src: *const u8, dtype: c_int, dst: *mut f32, n: usize);
-        fn fs_rmsnorm_avx2(
-            x: *const f32,
-            weight: *const f32,
-            rows: usize,
-            dim: usize,
-            eps: f32,
-            out: *mut f32,
-        );
-        fn fs_rope_avx2(
-            x: *mut f32,
-            rows: usize,
-            n_heads: usize,
-            head_dim: usize,
-            cos: *const f32,
-            sin: *const f32,
-        );
+        fn fs_rmsnorm_avx2(x: *const f32, weight: *const f32, rows: usize, dim: usize, eps: f32, out: *mut f32);
+        fn fs_rope_avx2(x: *mut f32, rows: usize, n_heads: usize, head_dim: usize, cos: *const f32, sin: *const f32);
         fn fs_silu_mul_avx2(gate: *const f32, up: *const f32, out: *mut f32, n: usize);
         fn fs_softmax_avx2(x: *mut f32, n: usize);
         fn fs_attn_head_avx2(
@@ -184,22 +142,8 @@ mod x86 {
             ldy: usize,
         );
         fn fs_to_f32_avx512(src: *const u8, dtype: c_int, dst: *mut f32, n: usize);
-        fn fs_rmsnorm_avx512(
-            x: *const f32,
-            weight: *const f32,
-            rows: usize,
-            dim: usize,
-            eps: f32,
-            out: *mut f32,
-        );
-        fn fs_rope_avx512(
-            x: *mut f32,
-            rows: usize,
-            n_heads: usize,
-            head_dim: usize,
-            cos: *const f32,
-            sin: *const f32,
-        );
+        fn fs_rmsnorm_avx512(x: *const f32, weight: *const f32, rows: usize, dim: usize, eps: f32, out: *mut f32);
+        fn fs_rope_avx512(x: *mut f32, rows: usize, n_heads: usize, head_dim: usize, cos: *const f32, sin: *const f32);
         fn fs_silu_mul_avx512(gate: *const f32, up: *const f32, out: *mut f32, n: usize);
         fn fs_softmax_avx512(x: *mut f32, n: usize);
         fn fs_attn_head_avx512(

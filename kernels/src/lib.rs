@@ -32,13 +32,7 @@ pub use variant::{Kernels, Variant, VARIANT_ENV};
 
 /// `y[m, n] = x[m, k] · w[n, k]^T` where `w = Weights { rows: n, cols: k }`;
 /// `x.len() == m * k` and `y.len() == m * n`, else an error.
-pub fn matmul(
-    pool: &Pool,
-    x: &[f32],
-    m: usize,
-    w: Weights,
-    y: &mut [f32],
-) -> Result<(), KernelError> {
+pub fn matmul(pool: &Pool, x: &[f32], m: usize, w: Weights, y: &mut [f32]) -> Result<(), KernelError> {
     Kernels::selected().matmul(pool, x, m, w, y)
 }
 

@@ -100,9 +100,7 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("threads", &self.threads())
-            .finish()
+        f.debug_struct("Pool").field("threads", &self.threads()).finish()
     }
 }
 
@@ -118,10 +116,7 @@ impl Pool {
     pub fn new(threads: usize) -> Pool {
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
         let shared = Arc::new(Shared {
-            job: UnsafeCell::new(Job {
-                f: std::ptr::null::<fn(usize)>() as *const TaskFn,
-                n_tasks: 0,
-            }),
+            job: UnsafeCell::new(Job { f: std::ptr::null::<fn(usize)>() as *const TaskFn, n_tasks: 0 }),
             state: AtomicU64::new(0),
             next: AtomicUsize::new(0),
             left: AtomicUsize::new(0),
@@ -137,10 +132,7 @@ impl Pool {
         let mut workers = Vec::new();
         for i in 1..threads.max(1) {
             let s = Arc::clone(&shared);
-            match std::thread::Builder::new()
-                .name(format!("kernels-{i}"))
-                .spawn(move || worker(&s, id))
-            {
+            match std::thread::Builder::new().name(format!("kernels-{i}")).spawn(move || worker(&s, id)) {
                 Ok(h) => workers.push(h),
                 Err(e) => {
                     eprintln!("kernels: could not start pool thread {i}: {e}; using {i} threads");
@@ -148,12 +140,7 @@ impl Pool {
                 }
             }
         }
-        Pool {
-            shared,
-            workers,
-            run_lock: Mutex::new(()),
-            id,
-        }
+        Pool { shared, workers, run_lock: Mutex::new(()), id }
     }
 
     /// `FAASCALE_THREADS` if set to a positive integer, else the available parallelism.
@@ -166,9 +153,7 @@ impl Pool {
                 }
             }
         }
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     }
 
     /// A pool of [`Pool::default_threads`] threads.
@@ -201,8 +186,7 @@ impl Pool {
         // SAFETY: erasing the closure's lifetime is sound because this function
         // does not return (nor unwind) before the job is closed and every worker
         // that joined it has left, i.e. before anyone can still use the pointer.
-        let f: *const TaskFn =
-            unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static TaskFn>(f) };
+        let f: *const TaskFn = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static TaskFn>(f) };
         // SAFETY: we hold run_lock and the previous job was closed with every
         // joined worker gone, so no one reads `job` now (see the Sync impl of Shared).
         unsafe { *s.job.get() = Job { f, n_tasks } };

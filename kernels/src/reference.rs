@@ -14,11 +14,7 @@ pub fn f16_to_f32(h: u16) -> f32 {
     let v = match exp {
         0 => man * 2f64.powi(-24),
         31 if man == 0.0 => f64::INFINITY,
-        31 => {
-            return f32::from_bits(
-                0x7f80_0000 | (u32::from(h & 0x8000) << 16) | (u32::from(h & 0x3ff) << 13),
-            )
-        }
+        31 => return f32::from_bits(0x7f80_0000 | (u32::from(h & 0x8000) << 16) | (u32::from(h & 0x3ff) << 13)),
         e => (1.0 + man / 1024.0) * 2f64.powi(e - 15),
     };
     (sign * v) as f32
@@ -40,11 +36,7 @@ fn elem(data: &[u8], dtype: DType, i: usize) -> f32 {
 
 /// Converts `dst.len()` elements of `dtype` to f32.
 pub fn to_f32(src: &[u8], dtype: DType, dst: &mut [f32]) -> Result<(), KernelError> {
-    expect_len(
-        "to_f32 src (bytes)",
-        mul(dst.len(), dtype.size_bytes(), "to_f32 size")?,
-        src.len(),
-    )?;
+    expect_len("to_f32 src (bytes)", mul(dst.len(), dtype.size_bytes(), "to_f32 size")?, src.len())?;
     for (i, d) in dst.iter_mut().enumerate() {
         *d = elem(src, dtype, i);
     }
@@ -59,9 +51,7 @@ pub fn matmul(x: &[f32], m: usize, w: Weights, y: &mut [f32]) -> Result<(), Kern
     expect_len("matmul y", mul(m, n, "matmul m * n")?, y.len())?;
     for i in 0..m {
         for j in 0..n {
-            let s: f64 = (0..k)
-                .map(|kk| f64::from(x[i * k + kk]) * f64::from(elem(w.data, w.dtype, j * k + kk)))
-                .sum();
+            let s: f64 = (0..k).map(|kk| f64::from(x[i * k + kk]) * f64::from(elem(w.data, w.dtype, j * k + kk))).sum();
             y[i * n + j] = s as f32;
         }
     }
@@ -72,18 +62,10 @@ pub fn matmul(x: &[f32], m: usize, w: Weights, y: &mut [f32]) -> Result<(), Kern
 pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(), KernelError> {
     let dim = weight.len();
     if dim == 0 {
-        return Err(KernelError::InvalidDim {
-            what: "rmsnorm weight length",
-            value: 0,
-            reason: "must be positive",
-        });
+        return Err(KernelError::InvalidDim { what: "rmsnorm weight length", value: 0, reason: "must be positive" });
     }
     if x.len() % dim != 0 {
-        return Err(KernelError::NotMultiple {
-            what: "rmsnorm x",
-            len: x.len(),
-            of: dim,
-        });
+        return Err(KernelError::NotMultiple { what: "rmsnorm x", len: x.len(), of: dim });
     }
     expect_len("rmsnorm out", x.len(), out.len())?;
     for (xr, or) in x.chunks(dim).zip(out.chunks_mut(dim)) {
@@ -106,21 +88,9 @@ pub fn rope(
     sin: &[f32],
 ) -> Result<(), KernelError> {
     if head_dim % 2 != 0 {
-        return Err(KernelError::InvalidDim {
-            what: "rope head_dim",
-            value: head_dim,
-            reason: "must be even",
-        });
+        return Err(KernelError::InvalidDim { what: "rope head_dim", value: head_dim, reason: "must be even" });
     }
-    expect_len(
-        "rope x",
-        mul(
-            mul(rows, n_heads, "rope rows * n_heads")?,
-            head_dim,
-            "rope x size",
-        )?,
-        x.len(),
-    )?;
+    expect_len("rope x", mul(mul(rows, n_heads, "rope rows * n_heads")?, head_dim, "rope x size")?, x.len())?;
     let half = head_dim / 2;
     expect_len("rope cos", rows * half, cos.len())?;
     expect_len("rope sin", rows * half, sin.len())?;
@@ -152,10 +122,7 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> Result<(), KernelE
 /// In-place softmax of one row, in f64.
 pub fn softmax(x: &mut [f32]) {
     let mx = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let e: Vec<f64> = x
-        .iter()
-        .map(|&v| (f64::from(v) - f64::from(mx)).exp())
-        .collect();
+    let e: Vec<f64> = x.iter().map(|&v| (f64::from(v) - f64::from(mx)).exp()).collect();
     let sum: f64 = e.iter().sum();
     for (o, v) in x.iter_mut().zip(e) {
         *o = (v / sum) as f32;
@@ -171,46 +138,26 @@ pub fn attention(
     scale: f32,
 ) -> Result<(), KernelError> {
     if n_kv_heads == 0 {
-        return Err(KernelError::InvalidDim {
-            what: "attention n_kv_heads",
-            value: 0,
-            reason: "must be positive",
-        });
+        return Err(KernelError::InvalidDim { what: "attention n_kv_heads", value: 0, reason: "must be positive" });
     }
     if n_heads % n_kv_heads != 0 {
-        return Err(KernelError::NotMultiple {
-            what: "attention n_heads",
-            len: n_heads,
-            of: n_kv_heads,
-        });
+        return Err(KernelError::NotMultiple { what: "attention n_heads", len: n_heads, of: n_kv_heads });
     }
     let group = n_heads / n_kv_heads;
     let (q_row, kv_row) = (n_heads * head_dim, n_kv_heads * head_dim);
     for (si, s) in seqs.iter_mut().enumerate() {
-        expect_len(
-            "attention q",
-            mul(s.n_q, q_row, "attention q size")?,
-            s.q.len(),
-        )?;
+        expect_len("attention q", mul(s.n_q, q_row, "attention q size")?, s.q.len())?;
         expect_len("attention out", s.q.len(), s.out.len())?;
         expect_len("attention v (same length as k)", s.k.len(), s.v.len())?;
         if kv_row == 0 {
             continue;
         }
         if s.k.len() % kv_row != 0 {
-            return Err(KernelError::NotMultiple {
-                what: "attention k",
-                len: s.k.len(),
-                of: kv_row,
-            });
+            return Err(KernelError::NotMultiple { what: "attention k", len: s.k.len(), of: kv_row });
         }
         let needed = s.pos0 + s.n_q;
         if s.k.len() / kv_row < needed {
-            return Err(KernelError::ContextTooShort {
-                seq: si,
-                needed,
-                got: s.k.len() / kv_row,
-            });
+            return Err(KernelError::ContextTooShort { seq: si, needed, got: s.k.len() / kv_row });
         }
         for qi in 0..s.n_q {
             for h in 0..n_heads {
@@ -220,11 +167,7 @@ pub fn attention(
                 let scores: Vec<f64> = (0..n_keys)
                     .map(|t| {
                         let kt = &s.k[t * kv_row + kv..][..head_dim];
-                        q.iter()
-                            .zip(kt)
-                            .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                            .sum::<f64>()
-                            * f64::from(scale)
+                        q.iter().zip(kt).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>() * f64::from(scale)
                     })
                     .collect();
                 let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -232,9 +175,7 @@ pub fn attention(
                 let sum: f64 = p.iter().sum();
                 let out = &mut s.out[(qi * n_heads + h) * head_dim..][..head_dim];
                 for (d, o) in out.iter_mut().enumerate() {
-                    let acc: f64 = (0..n_keys)
-                        .map(|t| p[t] * f64::from(s.v[t * kv_row + kv + d]))
-                        .sum();
+                    let acc: f64 = (0..n_keys).map(|t| p[t] * f64::from(s.v[t * kv_row + kv + d])).sum();
                     *o = (acc / sum) as f32;
                 }
             }

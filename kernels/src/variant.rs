@@ -41,9 +41,7 @@ impl Variant {
         Variant::ALL
             .into_iter()
             .find(|v| v.name() == name.trim())
-            .ok_or_else(|| KernelError::UnknownVariant {
-                name: name.to_string(),
-            })
+            .ok_or_else(|| KernelError::UnknownVariant { name: name.to_string() })
     }
 
     /// Whether this CPU (and this build's target) can run the variant.
@@ -52,9 +50,7 @@ impl Variant {
             Variant::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Variant::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
             Variant::Avx512 => {
@@ -71,19 +67,12 @@ impl Variant {
 
     /// The supported variants, slowest first.
     pub fn supported() -> Vec<Variant> {
-        Variant::ALL
-            .into_iter()
-            .filter(|v| v.is_supported())
-            .collect()
+        Variant::ALL.into_iter().filter(|v| v.is_supported()).collect()
     }
 
     /// The fastest supported variant.
     pub fn best() -> Variant {
-        Variant::ALL
-            .into_iter()
-            .rev()
-            .find(|v| v.is_supported())
-            .unwrap_or(Variant::Scalar)
+        Variant::ALL.into_iter().rev().find(|v| v.is_supported()).unwrap_or(Variant::Scalar)
     }
 
     /// The process-wide variant: `FAASCALE_CPU_KERNELS` if set to a supported
@@ -96,10 +85,7 @@ impl Variant {
             match std::env::var(VARIANT_ENV) {
                 Err(std::env::VarError::NotPresent) => best,
                 Err(std::env::VarError::NotUnicode(raw)) => {
-                    eprintln!(
-                        "kernels: {VARIANT_ENV}={raw:?} is not valid text; using {}",
-                        best.name()
-                    );
+                    eprintln!("kernels: {VARIANT_ENV}={raw:?} is not valid text; using {}", best.name());
                     best
                 }
                 Ok(name) if name.trim().is_empty() => best,
@@ -119,9 +105,7 @@ impl Variant {
         if self.is_supported() {
             Ok(self)
         } else {
-            Err(KernelError::UnsupportedVariant {
-                variant: self.name(),
-            })
+            Err(KernelError::UnsupportedVariant { variant: self.name() })
         }
     }
 
@@ -157,19 +141,13 @@ impl Kernels {
     /// The kernels of `variant`, or `UnsupportedVariant` if this CPU lacks its features.
     pub fn new(variant: Variant) -> Result<Kernels, KernelError> {
         variant.check_supported()?;
-        Ok(Kernels {
-            variant,
-            ops: variant.table(),
-        })
+        Ok(Kernels { variant, ops: variant.table() })
     }
 
     /// The kernels of [`Variant::selected`].
     pub fn selected() -> Kernels {
         let variant = Variant::selected();
-        Kernels {
-            variant,
-            ops: variant.table(),
-        }
+        Kernels { variant, ops: variant.table() }
     }
 
     /// Which variant these are.

@@ -28,23 +28,11 @@ struct Worst {
 
 impl Worst {
     fn new(op: &'static str, variant: kernels::Variant, tol: f64) -> Worst {
-        Worst {
-            op,
-            variant,
-            tol,
-            worst: 0.0,
-        }
+        Worst { op, variant, tol, worst: 0.0 }
     }
     fn check(&mut self, err: f64, ctx: impl Fn() -> String) {
         self.worst = self.worst.max(err);
-        assert!(
-            err <= self.tol,
-            "{} {} {}: normalised error {err:e} > {:e}",
-            self.op,
-            self.variant,
-            ctx(),
-            self.tol
-        );
+        assert!(err <= self.tol, "{} {} {}: normalised error {err:e} > {:e}", self.op, self.variant, ctx(), self.tol);
     }
 }
 
@@ -90,9 +78,7 @@ fn matmul_matches_reference() {
                 kern.matmul(&pool, &x, m, w, &mut y).unwrap();
                 let mut want = vec![0.0; m * n];
                 reference::matmul(&x, m, Weights::from_f32(&wf, n, k).unwrap(), &mut want).unwrap();
-                worst.check(norm_err(&y, &want), || {
-                    format!("{dtype:?} m={m} n={n} k={k}")
-                });
+                worst.check(norm_err(&y, &want), || format!("{dtype:?} m={m} n={n} k={k}"));
             }
         }
     }
@@ -111,28 +97,10 @@ fn matmul_half_weights_equal_f32_weights_bitwise() {
                 let x = rng.vec(m * k);
                 let (wb, wf) = weight_bytes(&rng.vec(n * k), dtype);
                 let mut y_half = vec![0.0; m * n];
-                kern.matmul(
-                    &pool,
-                    &x,
-                    m,
-                    Weights::new(&wb, dtype, n, k).unwrap(),
-                    &mut y_half,
-                )
-                .unwrap();
+                kern.matmul(&pool, &x, m, Weights::new(&wb, dtype, n, k).unwrap(), &mut y_half).unwrap();
                 let mut y_f32 = vec![0.0; m * n];
-                kern.matmul(
-                    &pool,
-                    &x,
-                    m,
-                    Weights::from_f32(&wf, n, k).unwrap(),
-                    &mut y_f32,
-                )
-                .unwrap();
-                assert_bits_eq(
-                    &y_half,
-                    &y_f32,
-                    &format!("{} {dtype:?} m={m} n={n} k={k}", kern.variant()),
-                );
+                kern.matmul(&pool, &x, m, Weights::from_f32(&wf, n, k).unwrap(), &mut y_f32).unwrap();
+                assert_bits_eq(&y_half, &y_f32, &format!("{} {dtype:?} m={m} n={n} k={k}", kern.variant()));
             }
         }
     }
@@ -151,28 +119,10 @@ fn matmul_unaligned_weights() {
             let mut shifted = vec![0u8; wb.len() + 1];
             shifted[1..].copy_from_slice(&wb);
             let mut y = vec![0.0; m * n];
-            kern.matmul(
-                &pool,
-                &x,
-                m,
-                Weights::new(&shifted[1..], dtype, n, k).unwrap(),
-                &mut y,
-            )
-            .unwrap();
+            kern.matmul(&pool, &x, m, Weights::new(&shifted[1..], dtype, n, k).unwrap(), &mut y).unwrap();
             let mut want = vec![0.0; m * n];
-            kern.matmul(
-                &pool,
-                &x,
-                m,
-                Weights::from_f32(&wf, n, k).unwrap(),
-                &mut want,
-            )
-            .unwrap();
-            assert_bits_eq(
-                &y,
-                &want,
-                &format!("{} {dtype:?} unaligned", kern.variant()),
-            );
+            kern.matmul(&pool, &x, m, Weights::from_f32(&wf, n, k).unwrap(), &mut want).unwrap();
+            assert_bits_eq(&y, &want, &format!("{} {dtype:?} unaligned", kern.variant()));
         }
     }
 }
@@ -181,10 +131,9 @@ fn matmul_unaligned_weights() {
 fn to_f32_all_f16_and_bf16_bit_patterns() {
     let src: Vec<u8> = (0..=u16::MAX).flat_map(|h| h.to_le_bytes()).collect();
     for kern in all_kernels() {
-        for (dtype, conv) in [
-            (DType::F16, reference::f16_to_f32 as fn(u16) -> f32),
-            (DType::BF16, reference::bf16_to_f32),
-        ] {
+        for (dtype, conv) in
+            [(DType::F16, reference::f16_to_f32 as fn(u16) -> f32), (DType::BF16, reference::bf16_to_f32)]
+        {
             // odd offsets and lengths exercise the vector tails and unaligned loads
             for (start, len) in [(0usize, 65536usize), (1, 65535), (3, 13)] {
                 let bytes = &src[2 * start..2 * (start + len)];
@@ -194,30 +143,15 @@ fn to_f32_all_f16_and_bf16_bit_patterns() {
                     let h = (start + i) as u16;
                     let want = conv(h);
                     let same = d.to_bits() == want.to_bits() || (d.is_nan() && want.is_nan());
-                    assert!(
-                        same,
-                        "{} {dtype:?} {h:#06x}: {d:e} vs {want:e}",
-                        kern.variant()
-                    );
+                    assert!(same, "{} {dtype:?} {h:#06x}: {d:e} vs {want:e}", kern.variant());
                 }
             }
         }
         // f16 spot checks: smallest subnormal, largest subnormal, max, inf
         let mut d = [0.0f32; 4];
-        let s: Vec<u8> = [0x0001u16, 0x03ff, 0x7bff, 0xfc00]
-            .iter()
-            .flat_map(|h| h.to_le_bytes())
-            .collect();
+        let s: Vec<u8> = [0x0001u16, 0x03ff, 0x7bff, 0xfc00].iter().flat_map(|h| h.to_le_bytes()).collect();
         kern.to_f32(&s, DType::F16, &mut d).unwrap();
-        assert_eq!(
-            d,
-            [
-                2f32.powi(-24),
-                1023.0 * 2f32.powi(-24),
-                65504.0,
-                f32::NEG_INFINITY
-            ]
-        );
+        assert_eq!(d, [2f32.powi(-24), 1023.0 * 2f32.powi(-24), 65504.0, f32::NEG_INFINITY]);
         // f32 passes through, at an odd address
         let vals = [1.5f32, -0.0, f32::INFINITY, 1e-42];
         let mut bytes = vec![0u8];
@@ -232,16 +166,7 @@ fn rmsnorm_matches_reference() {
     let mut rng = Rng::new(4);
     for kern in all_kernels() {
         let mut worst = Worst::new("rmsnorm", kern.variant(), NORM_TOL);
-        for &(rows, dim) in &[
-            (1, 1),
-            (3, 7),
-            (2, 17),
-            (5, 33),
-            (1, 64),
-            (4, 65),
-            (2, 576),
-            (3, 1536),
-        ] {
+        for &(rows, dim) in &[(1, 1), (3, 7), (2, 17), (5, 33), (1, 64), (4, 65), (2, 576), (3, 1536)] {
             let x: Vec<f32> = rng.vec(rows * dim).iter().map(|v| v * 10.0).collect();
             let w = rng.vec(dim);
             let mut out = vec![0.0; rows * dim];
@@ -262,14 +187,7 @@ fn rmsnorm_matches_reference() {
 fn rope_matches_reference_exactly() {
     let mut rng = Rng::new(5);
     for kern in all_kernels() {
-        for &(rows, heads, hd) in &[
-            (1, 1, 2),
-            (3, 2, 6),
-            (2, 3, 48),
-            (5, 9, 64),
-            (2, 1, 34),
-            (1, 2, 128),
-        ] {
+        for &(rows, heads, hd) in &[(1, 1, 2), (3, 2, 6), (2, 3, 48), (5, 9, 64), (2, 1, 34), (1, 2, 128)] {
             let x = rng.vec(rows * heads * hd);
             let cos = rng.vec(rows * hd / 2);
             let sin = rng.vec(rows * hd / 2);
@@ -277,11 +195,7 @@ fn rope_matches_reference_exactly() {
             kern.rope(&mut got, rows, heads, hd, &cos, &sin).unwrap();
             let mut want = x.clone();
             reference::rope(&mut want, rows, heads, hd, &cos, &sin).unwrap();
-            assert_bits_eq(
-                &got,
-                &want,
-                &format!("{} rope rows={rows} heads={heads} hd={hd}", kern.variant()),
-            );
+            assert_bits_eq(&got, &want, &format!("{} rope rows={rows} heads={heads} hd={hd}", kern.variant()));
         }
     }
 }
@@ -305,10 +219,7 @@ fn silu_mul_matches_reference() {
         let mut out = [0.0f32; 6];
         kern.silu_mul(&gate, &[1.0; 6], &mut out).unwrap();
         assert!(out.iter().all(|v| v.is_finite()), "{out:?}");
-        assert!(
-            out[0].abs() < 1e-30 && out[1].abs() < 1e-30 && out[3] == 0.0 && out[5] == 200.0,
-            "{out:?}"
-        );
+        assert!(out[0].abs() < 1e-30 && out[1].abs() < 1e-30 && out[3] == 0.0 && out[5] == 200.0, "{out:?}");
     }
 }
 
@@ -328,10 +239,7 @@ fn softmax_matches_reference() {
         // masked entries (-inf) get exactly 0
         let mut x = vec![1.0, f32::NEG_INFINITY, 3.0, f32::NEG_INFINITY, 0.5];
         kern.softmax(&mut x);
-        assert!(
-            x[1] == 0.0 && x[3] == 0.0 && (x.iter().sum::<f32>() - 1.0).abs() < 1e-6,
-            "{x:?}"
-        );
+        assert!(x[1] == 0.0 && x[3] == 0.0 && (x.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{x:?}");
         kern.softmax(&mut []);
     }
 }
@@ -347,11 +255,7 @@ fn attn_inputs(
     hd: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let n_ctx = pos0 + n_q + extra;
-    (
-        rng.vec(n_q * heads * hd),
-        rng.vec(n_ctx * kv * hd),
-        rng.vec(n_ctx * kv * hd),
-    )
+    (rng.vec(n_q * heads * hd), rng.vec(n_ctx * kv * hd), rng.vec(n_ctx * kv * hd))
 }
 
 #[test]
@@ -362,14 +266,8 @@ fn attention_matches_reference() {
         let mut worst = Worst::new("attention", kern.variant(), ATTN_TOL);
         for &(heads, kv, hd) in &[(9, 3, 64), (4, 4, 48), (6, 2, 33), (2, 1, 128), (3, 1, 8)] {
             let specs = [(5usize, 0usize, 2usize), (1, 17, 0), (23, 40, 3)];
-            let data: Vec<_> = specs
-                .iter()
-                .map(|&(nq, p, e)| attn_inputs(&mut rng, nq, p, e, heads, kv, hd))
-                .collect();
-            let mut outs: Vec<Vec<f32>> = specs
-                .iter()
-                .map(|&(nq, _, _)| vec![f32::NAN; nq * heads * hd])
-                .collect();
+            let data: Vec<_> = specs.iter().map(|&(nq, p, e)| attn_inputs(&mut rng, nq, p, e, heads, kv, hd)).collect();
+            let mut outs: Vec<Vec<f32>> = specs.iter().map(|&(nq, _, _)| vec![f32::NAN; nq * heads * hd]).collect();
             let mut wants = outs.clone();
             let scale = 1.0 / (hd as f32).sqrt();
             {
@@ -377,38 +275,21 @@ fn attention_matches_reference() {
                     .iter()
                     .zip(outs.iter_mut())
                     .zip(&specs)
-                    .map(|(((q, k, v), out), &(n_q, pos0, _))| AttnSeq {
-                        q,
-                        k,
-                        v,
-                        out,
-                        n_q,
-                        pos0,
-                    })
+                    .map(|(((q, k, v), out), &(n_q, pos0, _))| AttnSeq { q, k, v, out, n_q, pos0 })
                     .collect();
-                kern.attention(&pool, &mut seqs, heads, kv, hd, scale)
-                    .unwrap();
+                kern.attention(&pool, &mut seqs, heads, kv, hd, scale).unwrap();
             }
             {
                 let mut seqs: Vec<AttnSeq> = data
                     .iter()
                     .zip(wants.iter_mut())
                     .zip(&specs)
-                    .map(|(((q, k, v), out), &(n_q, pos0, _))| AttnSeq {
-                        q,
-                        k,
-                        v,
-                        out,
-                        n_q,
-                        pos0,
-                    })
+                    .map(|(((q, k, v), out), &(n_q, pos0, _))| AttnSeq { q, k, v, out, n_q, pos0 })
                     .collect();
                 reference::attention(&mut seqs, heads, kv, hd, scale).unwrap();
             }
             for (i, (o, w)) in outs.iter().zip(&wants).enumerate() {
-                worst.check(norm_err(o, w), || {
-                    format!("heads={heads} kv={kv} hd={hd} seq {i}")
-                });
+                worst.check(norm_err(o, w), || format!("heads={heads} kv={kv} hd={hd} seq {i}"));
             }
         }
     }
@@ -421,10 +302,7 @@ fn attention_matches_reference() {
 fn matmul_f16_special_weights_equal_f32_weights_bitwise() {
     let pool = Pool::new(2);
     let mut rng = Rng::new(9);
-    let specials = [
-        0x0001u16, 0x0002, 0x03ff, 0x8001, 0x83ff, 0x0000, 0x8000, 0x7bff, 0xfbff, 0x0400, 0x7c00,
-        0xfc00,
-    ];
+    let specials = [0x0001u16, 0x0002, 0x03ff, 0x8001, 0x83ff, 0x0000, 0x8000, 0x7bff, 0xfbff, 0x0400, 0x7c00, 0xfc00];
     let (n, k) = (14, 61);
     let mut bits: Vec<u16> = (0..n * k).map(|i| specials[i % 9]).collect(); // no infinities yet
     let rows_with_inf = [3usize, 11];
@@ -437,33 +315,11 @@ fn matmul_f16_special_weights_equal_f32_weights_bitwise() {
         for m in [1, 5, 40] {
             let x = rng.vec(m * k);
             let mut y_half = vec![0.0; m * n];
-            kern.matmul(
-                &pool,
-                &x,
-                m,
-                Weights::new(&bytes, DType::F16, n, k).unwrap(),
-                &mut y_half,
-            )
-            .unwrap();
+            kern.matmul(&pool, &x, m, Weights::new(&bytes, DType::F16, n, k).unwrap(), &mut y_half).unwrap();
             let mut y_f32 = vec![0.0; m * n];
-            kern.matmul(
-                &pool,
-                &x,
-                m,
-                Weights::from_f32(&vals, n, k).unwrap(),
-                &mut y_f32,
-            )
-            .unwrap();
-            assert_bits_eq(
-                &y_half,
-                &y_f32,
-                &format!("{} f16 specials m={m}", kern.variant()),
-            );
-            assert!(
-                y_half[3].is_infinite() && y_half[11].is_infinite(),
-                "{:?}",
-                &y_half[..n]
-            );
+            kern.matmul(&pool, &x, m, Weights::from_f32(&vals, n, k).unwrap(), &mut y_f32).unwrap();
+            assert_bits_eq(&y_half, &y_f32, &format!("{} f16 specials m={m}", kern.variant()));
+            assert!(y_half[3].is_infinite() && y_half[11].is_infinite(), "{:?}", &y_half[..n]);
             assert!(y_half[0].is_finite());
         }
     }

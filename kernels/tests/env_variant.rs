@@ -13,21 +13,12 @@ fn child_prints_selected_variant() {
 
 fn run_child(value: &str) -> (String, String) {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "child_prints_selected_variant",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--ignored", "--exact", "child_prints_selected_variant", "--nocapture", "--test-threads=1"])
         .env("FAASCALE_CPU_KERNELS", value)
         .output()
         .unwrap();
     assert!(out.status.success());
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -36,10 +27,7 @@ fn env_selects_variant_or_falls_back_with_a_message() {
     for v in Variant::ALL {
         let (stdout, stderr) = run_child(v.name());
         if v.is_supported() {
-            assert!(
-                stdout.contains(&format!("selected={}", v.name())),
-                "{stdout}"
-            );
+            assert!(stdout.contains(&format!("selected={}", v.name())), "{stdout}");
         } else {
             assert!(stdout.contains(&format!("selected={best}")), "{stdout}");
             assert!(stderr.contains("not supported"), "{stderr}");
@@ -47,10 +35,7 @@ fn env_selects_variant_or_falls_back_with_a_message() {
     }
     let (stdout, stderr) = run_child("avx1024");
     assert!(stdout.contains(&format!("selected={best}")), "{stdout}");
-    assert!(
-        stderr.contains("unknown CPU kernel variant \"avx1024\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains("unknown CPU kernel variant \"avx1024\""), "{stderr}");
     let (stdout, _) = run_child("");
     assert!(stdout.contains(&format!("selected={best}")), "{stdout}");
 }

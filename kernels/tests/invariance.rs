@@ -38,10 +38,7 @@ fn matmul_row_is_independent_of_batch_and_threads() {
                     for m in [1, 2, 3, 4, 5, 8, 13, 33, 64, 70] {
                         // a batch of m rows picked at random (neighbours differ each time)
                         let pick: Vec<usize> = (0..m).map(|_| rng.below(rows)).collect();
-                        let xb: Vec<f32> = pick
-                            .iter()
-                            .flat_map(|&r| x[r * k..(r + 1) * k].to_vec())
-                            .collect();
+                        let xb: Vec<f32> = pick.iter().flat_map(|&r| x[r * k..(r + 1) * k].to_vec()).collect();
                         let mut y = vec![0.0; m * n];
                         kern.matmul(pool, &xb, m, w, &mut y).unwrap();
                         for (i, &r) in pick.iter().enumerate() {
@@ -77,11 +74,7 @@ fn matmul_neighbours_do_not_leak() {
             x[5 * k..6 * k].copy_from_slice(&row);
             let mut y = vec![0.0; 12 * n];
             kern.matmul(&pool, &x, 12, w, &mut y).unwrap();
-            assert_bits_eq(
-                &y[5 * n..6 * n],
-                &alone,
-                &format!("{} neighbours {big}", kern.variant()),
-            );
+            assert_bits_eq(&y[5 * n..6 * n], &alone, &format!("{} neighbours {big}", kern.variant()));
         }
     }
 }
@@ -113,8 +106,7 @@ fn attend(
         n_q,
         pos0: first,
     }];
-    kern.attention(pool, &mut seqs, heads, kv, hd, 0.125)
-        .unwrap();
+    kern.attention(pool, &mut seqs, heads, kv, hd, 0.125).unwrap();
     out
 }
 
@@ -126,16 +118,12 @@ fn attention_query_same_in_prefill_chunk_and_decode() {
         let (heads, kv, hd) = shape;
         let n_ctx = 45;
         let q_all = rng.vec(n_ctx * heads * hd);
-        let cache = Cache {
-            k: rng.vec(n_ctx * kv * hd),
-            v: rng.vec(n_ctx * kv * hd),
-        };
+        let cache = Cache { k: rng.vec(n_ctx * kv * hd), v: rng.vec(n_ctx * kv * hd) };
         let row = heads * hd;
         for kern in all_kernels() {
             // decode: each position alone
-            let alone: Vec<Vec<f32>> = (0..n_ctx)
-                .map(|p| attend(&kern, &pools[0], &q_all, &cache, p, 1, shape))
-                .collect();
+            let alone: Vec<Vec<f32>> =
+                (0..n_ctx).map(|p| attend(&kern, &pools[0], &q_all, &cache, p, 1, shape)).collect();
             for pool in &pools {
                 // prefill chunks of several sizes starting at several positions
                 for &(first, n_q) in &[(0, n_ctx), (0, 1), (3, 7), (10, 16), (29, 16), (44, 1)] {
@@ -164,15 +152,7 @@ fn attention_sequences_are_independent() {
     let specs = [(12usize, 0usize), (1, 30), (5, 7)];
     let data: Vec<(Vec<f32>, Cache)> = specs
         .iter()
-        .map(|&(nq, p)| {
-            (
-                rng.vec(nq * row),
-                Cache {
-                    k: rng.vec((nq + p) * kv * hd),
-                    v: rng.vec((nq + p) * kv * hd),
-                },
-            )
-        })
+        .map(|&(nq, p)| (rng.vec(nq * row), Cache { k: rng.vec((nq + p) * kv * hd), v: rng.vec((nq + p) * kv * hd) }))
         .collect();
     for kern in all_kernels() {
         let alone: Vec<Vec<f32>> = data
@@ -180,14 +160,7 @@ fn attention_sequences_are_independent() {
             .zip(&specs)
             .map(|((q, c), &(nq, p))| {
                 let mut out = vec![0.0; nq * row];
-                let mut s = [AttnSeq {
-                    q,
-                    k: &c.k,
-                    v: &c.v,
-                    out: &mut out,
-                    n_q: nq,
-                    pos0: p,
-                }];
+                let mut s = [AttnSeq { q, k: &c.k, v: &c.v, out: &mut out, n_q: nq, pos0: p }];
                 kern.attention(&pool, &mut s, heads, kv, hd, 0.1).unwrap();
                 out
             })
@@ -197,17 +170,9 @@ fn attention_sequences_are_independent() {
             .iter()
             .zip(outs.iter_mut())
             .zip(&specs)
-            .map(|(((q, c), out), &(n_q, pos0))| AttnSeq {
-                q,
-                k: &c.k,
-                v: &c.v,
-                out,
-                n_q,
-                pos0,
-            })
+            .map(|(((q, c), out), &(n_q, pos0))| AttnSeq { q, k: &c.k, v: &c.v, out, n_q, pos0 })
             .collect();
-        kern.attention(&pool, &mut seqs, heads, kv, hd, 0.1)
-            .unwrap();
+        kern.attention(&pool, &mut seqs, heads, kv, hd, 0.1).unwrap();
         drop(seqs);
         for (o, a) in outs.iter().zip(&alone) {
             assert_bits_eq(o, a, &format!("{} multi-sequence", kern.variant()));
@@ -226,8 +191,7 @@ fn rmsnorm_rows_are_independent() {
         kern.rmsnorm(&x, &w, 1e-6, &mut all).unwrap();
         for r in 0..9 {
             let mut one = vec![0.0; dim];
-            kern.rmsnorm(&x[r * dim..(r + 1) * dim], &w, 1e-6, &mut one)
-                .unwrap();
+            kern.rmsnorm(&x[r * dim..(r + 1) * dim], &w, 1e-6, &mut one).unwrap();
             assert_bits_eq(&all[r * dim..(r + 1) * dim], &one, "rmsnorm row");
         }
     }

@@ -14,10 +14,7 @@ fn runs_every_task_exactly_once() {
             pool.run(n, &|t| {
                 counts[t].fetch_add(1, Ordering::Relaxed);
             });
-            assert!(
-                counts.iter().all(|c| c.load(Ordering::Relaxed) == 1),
-                "threads={threads} n={n}"
-            );
+            assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "threads={threads} n={n}");
         }
     }
 }
@@ -98,10 +95,7 @@ fn panic_in_task_reaches_caller_and_pool_survives() {
                 });
             }));
             let msg = r.unwrap_err();
-            assert_eq!(
-                msg.downcast_ref::<String>().map(String::as_str),
-                Some(&*format!("task {bad} failed"))
-            );
+            assert_eq!(msg.downcast_ref::<String>().map(String::as_str), Some(&*format!("task {bad} failed")));
         }
         let hits = AtomicUsize::new(0);
         pool.run(10, &|_| {

@@ -40,7 +40,10 @@ impl BlockLayout {
         if blocks.start >= blocks.end || blocks.end > self.num_blocks {
             return Err(PipelineError::Invalid {
                 what: "block range",
-                msg: format!("[{}, {}) is not a non-empty range of the {} blocks", blocks.start, blocks.end, self.num_blocks),
+                msg: format!(
+                    "[{}, {}) is not a non-empty range of the {} blocks",
+                    blocks.start, blocks.end, self.num_blocks
+                ),
             });
         }
         Ok(self.block_layers(blocks.start).start..self.block_layers(blocks.end - 1).end)

@@ -19,7 +19,13 @@ impl Message {
 
 /// Renders `template` for `messages`; `add_generation_prompt` appends the assistant's turn
 /// opener. `bos_token`/`eos_token` are the strings the template may use.
-pub fn render(template: &str, messages: &[Message], add_generation_prompt: bool, bos_token: &str, eos_token: &str) -> Result<String> {
+pub fn render(
+    template: &str,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
     let err = |msg: String| PipelineError::Invalid { what: "chat template", msg };
     let mut env = minijinja::Environment::new();
     env.set_trim_blocks(true);
@@ -48,7 +54,9 @@ mod tests {
 
     #[test]
     fn smollm2_template_renders_like_transformers() {
-        let out = render(SMOLLM2, &[Message::user("What is the capital of France?")], true, "<|im_start|>", "<|im_end|>").unwrap();
+        let out =
+            render(SMOLLM2, &[Message::user("What is the capital of France?")], true, "<|im_start|>", "<|im_end|>")
+                .unwrap();
         assert_eq!(
             out,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"

@@ -29,9 +29,16 @@ impl Arch {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (equivalently, every frequency).
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.x frequency-dependent scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -115,8 +122,11 @@ impl<'a> Fields<'a> {
 impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "read", source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io {
+            path: path.to_path_buf(),
+            op: "read",
+            source,
+        })?;
         Self::from_json_str(&text, path)
     }
 
@@ -238,8 +248,12 @@ impl ModelConfig {
                 RopeScaling::None => inv,
                 RopeScaling::Linear { factor } => inv / *factor as f32,
                 RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
-                    let (factor, low, high, old) =
-                        (*factor as f32, *low_freq_factor as f32, *high_freq_factor as f32, *original_max_position_embeddings as f32);
+                    let (factor, low, high, old) = (
+                        *factor as f32,
+                        *low_freq_factor as f32,
+                        *high_freq_factor as f32,
+                        *original_max_position_embeddings as f32,
+                    );
                     let low_freq_wavelen = old / low;
                     let high_freq_wavelen = old / high;
                     let wavelen = 2.0 * std::f32::consts::PI / inv;
@@ -403,8 +417,10 @@ mod tests {
     fn unsupported_things_are_named() {
         let e = parse(&format!(r#"{{"architectures": ["GPT2LMHeadModel"], {BASE}}}"#)).unwrap_err();
         assert!(e.to_string().contains("GPT2LMHeadModel"), "{e}");
-        let e = parse(&format!(r#"{{"model_type": "llama", {BASE}, "rope_scaling": {{"rope_type": "yarn", "factor": 2}}}}"#))
-            .unwrap_err();
+        let e = parse(&format!(
+            r#"{{"model_type": "llama", {BASE}, "rope_scaling": {{"rope_type": "yarn", "factor": 2}}}}"#
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("yarn"), "{e}");
         let e = parse(&format!(r#"{{"model_type": "llama", {BASE}, "num_key_value_heads": 3}}"#)).unwrap_err();
         assert!(e.to_string().contains("num_key_value_heads"), "{e}");
@@ -416,7 +432,8 @@ mod tests {
 
     #[test]
     fn qwen2_has_bias_and_mistral_window_limits_context() {
-        let q = parse(&format!(r#"{{"architectures": ["Qwen2ForCausalLM"], {BASE}, "tie_word_embeddings": true}}"#)).unwrap();
+        let q = parse(&format!(r#"{{"architectures": ["Qwen2ForCausalLM"], {BASE}, "tie_word_embeddings": true}}"#))
+            .unwrap();
         assert!(q.attention_bias && q.tie_word_embeddings);
         let m = parse(&format!(
             r#"{{"architectures": ["MistralForCausalLM"], {BASE}, "max_position_embeddings": 32768, "sliding_window": 4096}}"#

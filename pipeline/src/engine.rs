@@ -71,7 +71,10 @@ impl Engine {
             next = s.blocks.end;
         }
         if next != first.layout.num_blocks {
-            return Err(PipelineError::Invalid { what: "stages", msg: format!("stages end at block {next} of {}", first.layout.num_blocks) });
+            return Err(PipelineError::Invalid {
+                what: "stages",
+                msg: format!("stages end at block {next} of {}", first.layout.num_blocks),
+            });
         }
         Ok(Engine { cfg, stages, next_seq: 1 })
     }
@@ -85,7 +88,12 @@ impl Engine {
         let mut out = self.stages[0].forward(batch)?;
         for i in 1..self.stages.len() {
             let StageOutput::Hidden(h) = out else { unreachable!("only the last stage returns logits") };
-            let next = StageBatch { seq_ids: batch.seq_ids.clone(), positions: batch.positions.clone(), input: StageInput::Hidden(h), logits: batch.logits };
+            let next = StageBatch {
+                seq_ids: batch.seq_ids.clone(),
+                positions: batch.positions.clone(),
+                input: StageInput::Hidden(h),
+                logits: batch.logits,
+            };
             out = self.stages[i].forward(&next)?;
         }
         Ok(out)
@@ -110,7 +118,11 @@ impl Engine {
             return Err(PipelineError::TokenOutOfRange { token: t, vocab_size: self.cfg.vocab_size, index: j });
         }
         if r.prompt.len() > self.cfg.max_position_embeddings {
-            return Err(PipelineError::ContextOverflow { seq_id: i as u64, needed: r.prompt.len(), max: self.cfg.max_position_embeddings });
+            return Err(PipelineError::ContextOverflow {
+                seq_id: i as u64,
+                needed: r.prompt.len(),
+                max: self.cfg.max_position_embeddings,
+            });
         }
         r.sampling.validate()
     }
@@ -123,10 +135,23 @@ impl Engine {
         }
         let max_rows = max_batch_rows.max(1);
         let start = Instant::now();
-        let seqs: Vec<u64> = requests.iter().map(|_| { self.next_seq += 1; self.next_seq }).collect();
+        let seqs: Vec<u64> = requests
+            .iter()
+            .map(|_| {
+                self.next_seq += 1;
+                self.next_seq
+            })
+            .collect();
         let mut samplers: Vec<Sampler> = requests.iter().map(|r| Sampler::new(r.sampling)).collect::<Result<_>>()?;
-        let mut results: Vec<GenResult> =
-            requests.iter().map(|_| GenResult { tokens: Vec::new(), finish: FinishReason::Length, ttft_ms: 0.0, decode_tokens_per_s: 0.0 }).collect();
+        let mut results: Vec<GenResult> = requests
+            .iter()
+            .map(|_| GenResult {
+                tokens: Vec::new(),
+                finish: FinishReason::Length,
+                ttft_ms: 0.0,
+                decode_tokens_per_s: 0.0,
+            })
+            .collect();
         let mut first_at = vec![start; requests.len()];
         let outcome = self.run(requests, &seqs, &mut samplers, &mut results, &mut first_at, start, max_rows);
         for &s in &seqs {
@@ -154,7 +179,12 @@ impl Engine {
         let mut cursor = vec![0usize; reqs.len()]; // prompt tokens already sent, per request
         let mut pending: Vec<usize> = (0..reqs.len()).collect();
         while !pending.is_empty() {
-            let mut batch = StageBatch { seq_ids: vec![], positions: vec![], input: StageInput::Tokens(vec![]), logits: LogitsRows::LastOfEachSeq };
+            let mut batch = StageBatch {
+                seq_ids: vec![],
+                positions: vec![],
+                input: StageInput::Tokens(vec![]),
+                logits: LogitsRows::LastOfEachSeq,
+            };
             let StageInput::Tokens(tokens) = &mut batch.input else { unreachable!() };
             let mut finishing = Vec::new(); // requests whose last prompt row is in this batch
             for &i in &pending {
@@ -215,8 +245,13 @@ impl Engine {
             for chunk in live.chunks(max_rows) {
                 let batch = StageBatch {
                     seq_ids: chunk.iter().map(|&i| seqs[i]).collect(),
-                    positions: chunk.iter().map(|&i| (reqs[i].prompt.len() + results[i].tokens.len() - 1) as u32).collect(),
-                    input: StageInput::Tokens(chunk.iter().map(|&i| *results[i].tokens.last().expect("first token sampled")).collect()),
+                    positions: chunk
+                        .iter()
+                        .map(|&i| (reqs[i].prompt.len() + results[i].tokens.len() - 1) as u32)
+                        .collect(),
+                    input: StageInput::Tokens(
+                        chunk.iter().map(|&i| *results[i].tokens.last().expect("first token sampled")).collect(),
+                    ),
                     logits: LogitsRows::LastOfEachSeq,
                 };
                 let StageOutput::Logits { vocab, data, .. } = self.forward(&batch)? else { unreachable!() };

@@ -41,7 +41,15 @@ pub enum PipelineError {
     /// A packed block file is malformed: preamble, header, tensor index or block table.
     Packed { path: PathBuf, offset: u64, msg: String },
     /// A transfer block of a packed file does not match its crc32c.
-    ChecksumMismatch { path: PathBuf, exec_block: usize, transfer_block: usize, offset: u64, len: u64, expected: u32, got: u32 },
+    ChecksumMismatch {
+        path: PathBuf,
+        exec_block: usize,
+        transfer_block: usize,
+        offset: u64,
+        len: u64,
+        expected: u32,
+        got: u32,
+    },
     /// A tensor was asked for whose execution block has not arrived (or not been verified).
     BlockAbsent { path: PathBuf, exec_block: usize, tensor: String },
     /// A GGUF file is malformed or holds something the engine does not support.

@@ -60,10 +60,11 @@ impl KvCache {
             return Err(PipelineError::ContextOverflow { seq_id: seq, needed: len, max: self.max_context });
         }
         let (layers, kvd) = (self.num_layers, self.kv_dim);
-        let s = self
-            .seqs
-            .entry(seq)
-            .or_insert_with(|| SeqCache { len: 0, k: vec![Vec::new(); layers], v: vec![Vec::new(); layers] });
+        let s = self.seqs.entry(seq).or_insert_with(|| SeqCache {
+            len: 0,
+            k: vec![Vec::new(); layers],
+            v: vec![Vec::new(); layers],
+        });
         for buf in s.k.iter_mut().chain(s.v.iter_mut()) {
             if buf.len() < len * kvd {
                 buf.resize(len * kvd, 0.0);

@@ -91,11 +91,24 @@ impl Model {
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
         let chat_template = read_chat_template(&dir.join("tokenizer_config.json"));
-        Ok(Model { path: dir.to_path_buf(), format: Format::HfDir, config, weights: Arc::new(checkpoint), tokenizer, chat_template })
+        Ok(Model {
+            path: dir.to_path_buf(),
+            format: Format::HfDir,
+            config,
+            weights: Arc::new(checkpoint),
+            tokenizer,
+            chat_template,
+        })
     }
 
     /// A stage for blocks `blocks` of a `num_blocks`-block layout.
-    pub fn stage(&self, num_blocks: usize, blocks: Range<usize>, pool: Arc<Pool>, limits: StageLimits) -> Result<Stage> {
+    pub fn stage(
+        &self,
+        num_blocks: usize,
+        blocks: Range<usize>,
+        pool: Arc<Pool>,
+        limits: StageLimits,
+    ) -> Result<Stage> {
         let layout = BlockLayout::new(self.config.num_hidden_layers, num_blocks)?;
         Stage::new(self.config.clone(), self.weights.as_ref(), layout, blocks, pool, limits)
     }

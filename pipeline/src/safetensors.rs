@@ -56,12 +56,13 @@ fn dtype_size_by_name(name: &str) -> Option<usize> {
 impl SafetensorsFile {
     /// Maps `path` read-only and validates its header. No tensor data is copied.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "open", source })?;
-        let len = file
-            .metadata()
-            .map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "stat", source })?
-            .len();
+        let file = std::fs::File::open(path).map_err(|source| PipelineError::Io {
+            path: path.to_path_buf(),
+            op: "open",
+            source,
+        })?;
+        let len =
+            file.metadata().map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "stat", source })?.len();
         if len < 8 {
             return Err(PipelineError::Safetensors {
                 path: path.to_path_buf(),
@@ -72,8 +73,11 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only and private. Another process truncating the file
         // while we hold the map would fault (SIGBUS); that is the usual mmap contract and
         // model files are not rewritten in place by faascale.
-        let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }
-            .map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "mmap", source })?;
+        let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|source| PipelineError::Io {
+            path: path.to_path_buf(),
+            op: "mmap",
+            source,
+        })?;
         Self::from_bytes(path, Arc::new(mmap))
     }
 
@@ -90,7 +94,10 @@ impl SafetensorsFile {
             return Err(err(0, format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit")));
         }
         if header_len > total - 8 {
-            return Err(err(0, format!("header length {header_len} runs past the end of the {total}-byte file (truncated?)")));
+            return Err(err(
+                0,
+                format!("header length {header_len} runs past the end of the {total}-byte file (truncated?)"),
+            ));
         }
         let data_start = 8 + header_len as usize;
         let header: Value = serde_json::from_slice(&data[8..data_start])
@@ -103,11 +110,8 @@ impl SafetensorsFile {
                 continue;
             }
             let bad = |msg: String| err(8, format!("tensor `{name}`: {msg}"));
-            let dtype_name = entry
-                .get("dtype")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("missing dtype".into()))?
-                .to_string();
+            let dtype_name =
+                entry.get("dtype").and_then(Value::as_str).ok_or_else(|| bad("missing dtype".into()))?.to_string();
             let elem = dtype_size_by_name(&dtype_name).ok_or_else(|| bad(format!("unknown dtype `{dtype_name}`")))?;
             let shape: Vec<usize> = entry
                 .get("shape")
@@ -138,7 +142,10 @@ impl SafetensorsFile {
             if want != Some((end - begin) as usize) {
                 return Err(err(
                     data_start as u64 + begin,
-                    format!("tensor `{name}`: shape {shape:?} of {dtype_name} needs {want:?} bytes, data_offsets span {}", end - begin),
+                    format!(
+                        "tensor `{name}`: shape {shape:?} of {dtype_name} needs {want:?} bytes, data_offsets span {}",
+                        end - begin
+                    ),
                 ));
             }
             tensors.insert(
@@ -176,8 +183,11 @@ impl Checkpoint {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let shard_names: Vec<String> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path)
-                .map_err(|source| PipelineError::Io { path: index_path.clone(), op: "read", source })?;
+            let text = std::fs::read_to_string(&index_path).map_err(|source| PipelineError::Io {
+                path: index_path.clone(),
+                op: "read",
+                source,
+            })?;
             let v: Value = serde_json::from_str(&text)
                 .map_err(|e| PipelineError::Json { path: index_path.clone(), msg: e.to_string() })?;
             let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| PipelineError::Config {
@@ -211,7 +221,10 @@ impl Checkpoint {
             return Err(PipelineError::Io {
                 path: single,
                 op: "open",
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no model.safetensors or model.safetensors.index.json"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no model.safetensors or model.safetensors.index.json",
+                ),
             });
         };
         let mut files = Vec::with_capacity(shard_names.len());
@@ -311,7 +324,11 @@ mod tests {
 
     #[test]
     fn good_file_parses() {
-        let f = open(image(r#"{"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "__metadata__": {"x": "y"}}"#, 24)).unwrap();
+        let f = open(image(
+            r#"{"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "__metadata__": {"x": "y"}}"#,
+            24,
+        ))
+        .unwrap();
         let t = f.tensor("a").unwrap().unwrap();
         assert_eq!(t.shape, vec![2, 3]);
         assert_eq!(t.bytes().len(), 24);
@@ -322,13 +339,23 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![1, 2, 3], "shorter than"),
             ((1u64 << 40).to_le_bytes().to_vec(), "exceeds"),
-            ({ let mut v = image("{}", 0); v[0] = 200; v }, "runs past"),
+            (
+                {
+                    let mut v = image("{}", 0);
+                    v[0] = 200;
+                    v
+                },
+                "runs past",
+            ),
             (image("{nope", 0), "not valid JSON"),
             (image(r#"{"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}"#, 20), "outside"),
             (image(r#"{"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}}"#, 24), "needs"),
             (image(r#"{"a": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 1]}}"#, 1), "unknown dtype"),
             (image(r#"{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}"#, 4), "shape"),
-            (image(r#"{"a": {"dtype": "F32", "shape": [4611686018427387904, 4], "data_offsets": [0, 4]}}"#, 4), "needs"),
+            (
+                image(r#"{"a": {"dtype": "F32", "shape": [4611686018427387904, 4], "data_offsets": [0, 4]}}"#, 4),
+                "needs",
+            ),
             (image(r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}}"#, 8), "outside"),
         ];
         for (bytes, want) in cases {

@@ -137,8 +137,14 @@ mod tests {
     fn seeded_sampling_repeats_and_respects_top_k() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let p = SamplingParams { temperature: 0.8, top_k: 5, top_p: 1.0, seed: 42 };
-        let a: Vec<u32> = { let mut s = Sampler::new(p).unwrap(); (0..200).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(p).unwrap(); (0..200).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(p).unwrap();
+            (0..200).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(p).unwrap();
+            (0..200).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
         let mut top: Vec<usize> = (0..50).collect();
         top.sort_by(|&x, &y| logits[y].total_cmp(&logits[x]));

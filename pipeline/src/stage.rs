@@ -147,7 +147,11 @@ impl Stage {
             return bad("no rows".into());
         }
         if n > self.limits.max_batch_rows {
-            return Err(PipelineError::Limit { what: "rows in one batch", limit: self.limits.max_batch_rows, requested: n });
+            return Err(PipelineError::Limit {
+                what: "rows in one batch",
+                limit: self.limits.max_batch_rows,
+                requested: n,
+            });
         }
         if b.positions.len() != n {
             return bad(format!("{} seq_ids but {} positions", n, b.positions.len()));
@@ -159,7 +163,11 @@ impl Stage {
                     return bad(format!("{n} rows but {} token ids", t.len()));
                 }
                 if let Some((i, &tok)) = t.iter().enumerate().find(|(_, &t)| t as usize >= self.cfg.vocab_size) {
-                    return Err(PipelineError::TokenOutOfRange { token: tok, vocab_size: self.cfg.vocab_size, index: i });
+                    return Err(PipelineError::TokenOutOfRange {
+                        token: tok,
+                        vocab_size: self.cfg.vocab_size,
+                        index: i,
+                    });
                 }
             }
             (StageInput::Hidden(h), false) => {
@@ -167,7 +175,12 @@ impl Stage {
                     return bad(format!("{n} rows of width {d} need {} hidden values, got {}", n * d, h.len()));
                 }
             }
-            (StageInput::Tokens(_), false) => return bad(format!("stage {:?} does not start at block 0: it takes hidden states, not tokens", self.blocks)),
+            (StageInput::Tokens(_), false) => {
+                return bad(format!(
+                    "stage {:?} does not start at block 0: it takes hidden states, not tokens",
+                    self.blocks
+                ))
+            }
             (StageInput::Hidden(_), true) => return bad("the first stage takes token ids, not hidden states".into()),
         }
         let mut groups: Vec<Group> = Vec::new();
@@ -176,7 +189,10 @@ impl Stage {
             match groups.last_mut() {
                 Some(g) if g.seq == seq => {
                     if pos != g.pos0 + (r - g.rows.0) {
-                        return bad(format!("row {r}: sequence {seq} position {pos}, expected {}", g.pos0 + (r - g.rows.0)));
+                        return bad(format!(
+                            "row {r}: sequence {seq} position {pos}, expected {}",
+                            g.pos0 + (r - g.rows.0)
+                        ));
                     }
                     g.rows.1 = r + 1;
                 }
@@ -186,7 +202,9 @@ impl Stage {
                     }
                     let held = self.cache.len_of(seq);
                     if pos != held {
-                        return bad(format!("row {r}: sequence {seq} starts at position {pos} but its cache holds {held} positions"));
+                        return bad(format!(
+                            "row {r}: sequence {seq} starts at position {pos} but its cache holds {held} positions"
+                        ));
                     }
                     groups.push(Group { seq, rows: (r, r + 1), pos0: pos, is_new: !self.cache.contains(seq) });
                 }
@@ -195,7 +213,11 @@ impl Stage {
         for g in &groups {
             let needed = g.pos0 + (g.rows.1 - g.rows.0);
             if needed > self.cfg.max_position_embeddings {
-                return Err(PipelineError::ContextOverflow { seq_id: g.seq, needed, max: self.cfg.max_position_embeddings });
+                return Err(PipelineError::ContextOverflow {
+                    seq_id: g.seq,
+                    needed,
+                    max: self.cfg.max_position_embeddings,
+                });
             }
         }
         self.cache.check_room(groups.iter().filter(|g| g.is_new).count())?;

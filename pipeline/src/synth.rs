@@ -88,8 +88,16 @@ pub fn write_checkpoint(dir: &Path, mut config: Value, dtype: DType, seed: u64) 
     }
     let text = serde_json::to_string_pretty(&config).expect("serialisable");
     let cfg = ModelConfig::from_json_str(&text, &cfg_path)?;
-    std::fs::create_dir_all(dir).map_err(|source| PipelineError::Io { path: dir.to_path_buf(), op: "create directory", source })?;
-    std::fs::write(&cfg_path, text + "\n").map_err(|source| PipelineError::Io { path: cfg_path.clone(), op: "write", source })?;
+    std::fs::create_dir_all(dir).map_err(|source| PipelineError::Io {
+        path: dir.to_path_buf(),
+        op: "create directory",
+        source,
+    })?;
+    std::fs::write(&cfg_path, text + "\n").map_err(|source| PipelineError::Io {
+        path: cfg_path.clone(),
+        op: "write",
+        source,
+    })?;
 
     let mut rng = Rng::new(seed);
     let mut tensors: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::new();

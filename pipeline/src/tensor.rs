@@ -46,7 +46,10 @@ impl Tensor {
     /// The matrix view the GEMM kernels take: `[rows, cols]` of a rank-2 tensor.
     pub fn weights(&self) -> Result<Weights<'_>> {
         let [rows, cols] = self.shape[..] else {
-            return Err(PipelineError::Invalid { what: "tensor", msg: format!("expected rank 2, got shape {:?}", self.shape) });
+            return Err(PipelineError::Invalid {
+                what: "tensor",
+                msg: format!("expected rank 2, got shape {:?}", self.shape),
+            });
         };
         Ok(Weights::new(self.bytes(), self.dtype, rows, cols)?)
     }
@@ -63,7 +66,10 @@ impl Tensor {
         let cols = *self.shape.last().unwrap_or(&0);
         let rows = if cols == 0 { 0 } else { self.numel() / cols };
         if r >= rows || out.len() != cols {
-            return Err(PipelineError::Invalid { what: "row", msg: format!("row {r} of {rows}, out len {} vs {cols}", out.len()) });
+            return Err(PipelineError::Invalid {
+                what: "row",
+                msg: format!("row {r} of {rows}, out len {} vs {cols}", out.len()),
+            });
         }
         let size = self.dtype.size_bytes();
         let row = &self.bytes()[r * cols * size..(r + 1) * cols * size];

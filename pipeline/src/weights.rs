@@ -26,28 +26,28 @@ impl WeightSource for crate::safetensors::Checkpoint {
 }
 
 pub struct LayerWeights {
-    pub attn_norm: Vec<f32>, // [d]
-    pub wq: Tensor,          // [n_heads * head_dim, d]
-    pub wk: Tensor,          // [n_kv_heads * head_dim, d]
-    pub wv: Tensor,          // [n_kv_heads * head_dim, d]
+    pub attn_norm: Vec<f32>,  // [d]
+    pub wq: Tensor,           // [n_heads * head_dim, d]
+    pub wk: Tensor,           // [n_kv_heads * head_dim, d]
+    pub wv: Tensor,           // [n_kv_heads * head_dim, d]
     pub bq: Option<Vec<f32>>, // [n_heads * head_dim]   (Qwen2)
     pub bk: Option<Vec<f32>>, // [n_kv_heads * head_dim] (Qwen2)
     pub bv: Option<Vec<f32>>, // [n_kv_heads * head_dim] (Qwen2)
-    pub wo: Tensor,          // [d, n_heads * head_dim]
-    pub mlp_norm: Vec<f32>,  // [d]
-    pub w_gate: Tensor,      // [ffn, d]
-    pub w_up: Tensor,        // [ffn, d]
-    pub w_down: Tensor,      // [d, ffn]
+    pub wo: Tensor,           // [d, n_heads * head_dim]
+    pub mlp_norm: Vec<f32>,   // [d]
+    pub w_gate: Tensor,       // [ffn, d]
+    pub w_up: Tensor,         // [ffn, d]
+    pub w_down: Tensor,       // [d, ffn]
 }
 
 /// The weights of execution blocks [a, b): the embedding when a == 0, the final norm and
 /// LM head when b == B (a tied head is the embedding matrix, read again).
 pub struct StageWeights {
     pub layers: Range<usize>,
-    pub embed: Option<Tensor>,          // [vocab, d]
-    pub layer: Vec<LayerWeights>,       // one per layer in `layers`
-    pub final_norm: Option<Vec<f32>>,   // [d]
-    pub lm_head: Option<Tensor>,        // [vocab, d]
+    pub embed: Option<Tensor>,        // [vocab, d]
+    pub layer: Vec<LayerWeights>,     // one per layer in `layers`
+    pub final_norm: Option<Vec<f32>>, // [d]
+    pub lm_head: Option<Tensor>,      // [vocab, d]
 }
 
 impl StageWeights {

@@ -22,7 +22,11 @@ pub const HEADER_BYTES: usize = 16;
 pub const MAX_VALUES: usize = 1 << 28;
 
 pub fn encode_hidden(rows: usize, width: usize, values: &[f32]) -> Result<Vec<u8>> {
-    if rows.checked_mul(width) != Some(values.len()) || values.len() > MAX_VALUES || rows > u32::MAX as usize || width > u32::MAX as usize {
+    if rows.checked_mul(width) != Some(values.len())
+        || values.len() > MAX_VALUES
+        || rows > u32::MAX as usize
+        || width > u32::MAX as usize
+    {
         return Err(PipelineError::Invalid {
             what: "hidden states",
             msg: format!("{rows} x {width} does not describe {} values (limit {MAX_VALUES})", values.len()),
@@ -64,7 +68,10 @@ pub fn decode_hidden(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>)> {
     };
     let body = &bytes[HEADER_BYTES..];
     if body.len() != 4 * n {
-        return err(HEADER_BYTES, format!("{rows} x {width} needs {} bytes of values, message has {}", 4 * n, body.len()));
+        return err(
+            HEADER_BYTES,
+            format!("{rows} x {width} needs {} bytes of values, message has {}", 4 * n, body.len()),
+        );
     }
     let values = body.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
     Ok((rows, width, values))
@@ -82,14 +89,18 @@ mod tests {
         assert_eq!(b.len(), 16 + 24);
         let (r, w, back) = decode_hidden(&b).unwrap();
         assert_eq!((r, w), (2, 3));
-        assert_eq!(back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), v.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
     }
 
     #[test]
     fn malformed_messages_are_refused() {
         let good = encode_hidden(2, 3, &[0.0; 6]).unwrap();
         assert!(encode_hidden(2, 3, &[0.0; 5]).is_err());
-        let mut cases: Vec<(Vec<u8>, &str)> = vec![(good[..10].to_vec(), "shorter"), (good[..good.len() - 1].to_vec(), "needs")];
+        let mut cases: Vec<(Vec<u8>, &str)> =
+            vec![(good[..10].to_vec(), "shorter"), (good[..good.len() - 1].to_vec(), "needs")];
         let mut m = good.clone();
         m[0] = b'X';
         cases.push((m, "magic"));

@@ -6,7 +6,9 @@ use pipeline::{GenRequest, Model, SamplingParams};
 use std::fs;
 
 fn open_err(dir: &std::path::Path) -> String {
-    match Model::open(dir).and_then(|m| m.stage(8, 0..8, std::sync::Arc::new(kernels::Pool::new(1)), Default::default()).map(|_| ())) {
+    match Model::open(dir)
+        .and_then(|m| m.stage(8, 0..8, std::sync::Arc::new(kernels::Pool::new(1)), Default::default()).map(|_| ()))
+    {
         Ok(()) => panic!("{} should have been refused", dir.display()),
         Err(e) => e.to_string(),
     }
@@ -38,7 +40,10 @@ fn shapes_that_disagree_with_the_config() {
     let text = fs::read_to_string(&cfg_path).unwrap();
     fs::write(&cfg_path, text.replace("\"intermediate_size\": 176", "\"intermediate_size\": 180")).unwrap();
     let e = open_err(&dir);
-    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[180, 64]") && e.contains("[176, 64]"), "{e}");
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[180, 64]") && e.contains("[176, 64]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -82,7 +87,12 @@ fn bad_requests() {
     let (_tmp, dir) = synth("tiny-llama", 1);
     let model = Model::open(&dir).unwrap();
     let mut e = engine(&model, 8, &[], 1);
-    let req = |prompt: Vec<u32>, max_tokens| GenRequest { prompt, max_tokens, sampling: SamplingParams::default(), ignore_eos: true };
+    let req = |prompt: Vec<u32>, max_tokens| GenRequest {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams::default(),
+        ignore_eos: true,
+    };
     let err = e.generate(&[req(vec![1, 2, 384], 4)], 64).unwrap_err().to_string();
     assert!(err.contains("384") && err.contains("index 2") && err.contains("vocab_size 384"), "{err}");
     let err = e.generate(&[req(vec![1; 257], 4)], 64).unwrap_err().to_string();
@@ -105,7 +115,12 @@ fn stage_refuses_malformed_batches_without_changing_its_cache() {
     let (_tmp, dir) = synth("tiny-llama", 1);
     let model = Model::open(&dir).unwrap();
     let mut s = model.stage(8, 0..8, std::sync::Arc::new(kernels::Pool::new(1)), Default::default()).unwrap();
-    let b = |seq: Vec<u64>, pos: Vec<u32>, toks: Vec<u32>| StageBatch { seq_ids: seq, positions: pos, input: StageInput::Tokens(toks), logits: LogitsRows::All };
+    let b = |seq: Vec<u64>, pos: Vec<u32>, toks: Vec<u32>| StageBatch {
+        seq_ids: seq,
+        positions: pos,
+        input: StageInput::Tokens(toks),
+        logits: LogitsRows::All,
+    };
     s.forward(&b(vec![1, 1], vec![0, 1], vec![5, 6])).unwrap();
     for (batch, want) in [
         (b(vec![], vec![], vec![]), "no rows"),

@@ -74,7 +74,12 @@ fn check_structure(model_name: &str, tok: &pipeline::tokenizer::Tokenizer, want:
     assert_eq!(model, want["model"], "{model_name}: tokenizer model");
     // transformers appends its tokenizer class's default tokens when the vocabulary lacks them
     // (ids >= the vocabulary size, which the model cannot embed); the loader does not.
-    let want_added: Vec<&Value> = want["added_tokens"].as_array().unwrap().iter().filter(|t| (t["id"].as_u64().unwrap() as usize) < n_tokens).collect();
+    let want_added: Vec<&Value> = want["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| (t["id"].as_u64().unwrap() as usize) < n_tokens)
+        .collect();
     let ours_added: Vec<&Value> = ours["added_tokens"].as_array().unwrap().iter().collect();
     assert_eq!(ours_added, want_added, "{model_name}: added tokens");
 }
@@ -89,7 +94,11 @@ fn check_weights(model_name: &str, model: &Model, samples: &Value) {
         let row = s["row"].as_u64().unwrap_or(0) as usize;
         let got = &all[row * row_len..row * row_len + cols];
         let want = floats(&s["values"]);
-        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{model_name}: {name} row {row}");
+        assert_eq!(
+            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            "{model_name}: {name} row {row}"
+        );
     }
 }
 
@@ -204,7 +213,12 @@ fn smollm2_tokenizer_matches_transformers() {
     check_encode_examples("smollm2", tok, &golden()["tokenizer"]["encode_examples"]);
     check_structure("smollm2", tok, &golden()["tokenizer_structure"], m.config.vocab_size);
     // the chat-template prompt is among the examples, rendered by transformers
-    let chat = golden()["tokenizer"]["encode_examples"].as_array().unwrap().iter().find(|e| e["chat_template_rendered"] == true).unwrap();
+    let chat = golden()["tokenizer"]["encode_examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["chat_template_rendered"] == true)
+        .unwrap();
     assert!(chat["text"].as_str().unwrap().contains("What is the capital of France?"));
     assert_eq!(tok.vocab_size(), m.config.vocab_size);
 }
@@ -213,7 +227,12 @@ fn smollm2_tokenizer_matches_transformers() {
 fn smollm2_chat_template_renders_like_transformers() {
     let m = smollm2();
     let g = golden();
-    let chat = g["tokenizer"]["encode_examples"].as_array().unwrap().iter().find(|e| e["chat_template_rendered"] == true).unwrap();
+    let chat = g["tokenizer"]["encode_examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["chat_template_rendered"] == true)
+        .unwrap();
     let text = pipeline::chat::render(
         m.chat_template.as_deref().unwrap(),
         &[pipeline::chat::Message::user("What is the capital of France?")],
@@ -249,7 +268,8 @@ fn smollm2_bf16_weights_run_close_to_f32() {
     let m = gguf::open(&path, GgufOptions { dtype: DType::BF16, threads: 0 }).unwrap();
     let t = m.weights.tensor("model.layers.0.self_attn.q_proj.weight", &[576, 576]).unwrap();
     assert_eq!(t.dtype, DType::BF16);
-    let f = smollm2().weights.tensor("model.layers.0.self_attn.q_proj.weight", &[576, 576]).unwrap().to_f32_vec().unwrap();
+    let f =
+        smollm2().weights.tensor("model.layers.0.self_attn.q_proj.weight", &[576, 576]).unwrap().to_f32_vec().unwrap();
     let b = t.to_f32_vec().unwrap();
     for (x, y) in f.iter().zip(&b) {
         assert_eq!(half::bf16::from_f32(*x).to_f32(), *y);

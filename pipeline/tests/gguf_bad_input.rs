@@ -63,16 +63,31 @@ fn tiny_meta(n_tokens_in_tokenizer: usize) -> GgufWriter {
 fn tiny_tensors(w: &mut GgufWriter, vocab: usize) {
     let (d, f, kv) = (32, 64, 16);
     w.tensor("token_embd.weight", GgmlType::Q8_0, &[vocab, d], &rand_values(vocab * d, 1, 1.0))
-        .tensor("blk.0.attn_norm.weight", GgmlType::F32, &[d], &rand_values(d, 2, 0.1).iter().map(|x| 1.0 + x).collect::<Vec<_>>())
+        .tensor(
+            "blk.0.attn_norm.weight",
+            GgmlType::F32,
+            &[d],
+            &rand_values(d, 2, 0.1).iter().map(|x| 1.0 + x).collect::<Vec<_>>(),
+        )
         .tensor("blk.0.attn_q.weight", GgmlType::Q4_0, &[d, d], &rand_values(d * d, 3, 0.3))
         .tensor("blk.0.attn_k.weight", GgmlType::Q4_1, &[kv, d], &rand_values(kv * d, 4, 0.3))
         .tensor("blk.0.attn_v.weight", GgmlType::F16, &[kv, d], &rand_values(kv * d, 5, 0.3))
         .tensor("blk.0.attn_output.weight", GgmlType::BF16, &[d, d], &rand_values(d * d, 6, 0.3))
-        .tensor("blk.0.ffn_norm.weight", GgmlType::F32, &[d], &rand_values(d, 7, 0.1).iter().map(|x| 1.0 + x).collect::<Vec<_>>())
+        .tensor(
+            "blk.0.ffn_norm.weight",
+            GgmlType::F32,
+            &[d],
+            &rand_values(d, 7, 0.1).iter().map(|x| 1.0 + x).collect::<Vec<_>>(),
+        )
         .tensor("blk.0.ffn_gate.weight", GgmlType::Q8_0, &[f, d], &rand_values(f * d, 8, 0.3))
         .tensor("blk.0.ffn_up.weight", GgmlType::F32, &[f, d], &rand_values(f * d, 9, 0.3))
         .tensor("blk.0.ffn_down.weight", GgmlType::Q4_1, &[d, f], &rand_values(d * f, 10, 0.3))
-        .tensor("output_norm.weight", GgmlType::F32, &[d], &rand_values(d, 11, 0.1).iter().map(|x| 1.0 + x).collect::<Vec<_>>());
+        .tensor(
+            "output_norm.weight",
+            GgmlType::F32,
+            &[d],
+            &rand_values(d, 11, 0.1).iter().map(|x| 1.0 + x).collect::<Vec<_>>(),
+        );
 }
 
 fn tiny() -> GgufWriter {
@@ -146,11 +161,13 @@ fn tiny_model_loads_tokenizes_and_generates() {
     assert_eq!(tok.encode("a t<|endoftext|>").unwrap(), vec![b'a' as u32, 256, 257]);
     assert_eq!(tok.decode(&[256, 257]).unwrap(), " t");
     let mut e = engine(&m, 1, &[], 1);
-    let req = GenRequest { prompt: vec![1, 2, 3], max_tokens: 5, sampling: SamplingParams::default(), ignore_eos: true };
+    let req =
+        GenRequest { prompt: vec![1, 2, 3], max_tokens: 5, sampling: SamplingParams::default(), ignore_eos: true };
     let out = e.generate(&[req], 8).unwrap();
     assert_eq!(out[0].tokens.len(), 5);
     // bf16 and several threads load too
-    let m = gguf::model_from_file(&parse(tiny().to_bytes()).unwrap(), GgufOptions { dtype: DType::BF16, threads: 3 }).unwrap();
+    let m = gguf::model_from_file(&parse(tiny().to_bytes()).unwrap(), GgufOptions { dtype: DType::BF16, threads: 3 })
+        .unwrap();
     assert_eq!(m.weights.tensor("model.layers.0.mlp.up_proj.weight", &[64, 32]).unwrap().dtype, DType::BF16);
     assert_eq!(m.weights.tensor("model.norm.weight", &[32]).unwrap().dtype, DType::F32);
 }
@@ -227,18 +244,57 @@ fn same_weights_as_safetensors_give_identical_logits() {
             let p = format!("model.layers.{i}");
             let b = format!("blk.{i}");
             let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-            w.tensor(&format!("{b}.attn_norm.weight"), GgmlType::F32, &[d], &get(&format!("{p}.input_layernorm.weight"), &[d]))
-                .tensor(&format!("{b}.attn_q.weight"), ty, &[qd, d], &permute(get(&format!("{p}.self_attn.q_proj.weight"), &[qd, d]), cfg.num_attention_heads))
-                .tensor(&format!("{b}.attn_k.weight"), ty, &[kvd, d], &permute(get(&format!("{p}.self_attn.k_proj.weight"), &[kvd, d]), cfg.num_key_value_heads))
-                .tensor(&format!("{b}.attn_v.weight"), ty, &[kvd, d], &get(&format!("{p}.self_attn.v_proj.weight"), &[kvd, d]))
-                .tensor(&format!("{b}.attn_output.weight"), ty, &[d, qd], &get(&format!("{p}.self_attn.o_proj.weight"), &[d, qd]))
-                .tensor(&format!("{b}.ffn_norm.weight"), GgmlType::F32, &[d], &get(&format!("{p}.post_attention_layernorm.weight"), &[d]))
-                .tensor(&format!("{b}.ffn_gate.weight"), ty, &[f, d], &get(&format!("{p}.mlp.gate_proj.weight"), &[f, d]))
-                .tensor(&format!("{b}.ffn_up.weight"), ty, &[f, d], &get(&format!("{p}.mlp.up_proj.weight"), &[f, d]))
-                .tensor(&format!("{b}.ffn_down.weight"), ty, &[d, f], &get(&format!("{p}.mlp.down_proj.weight"), &[d, f]));
+            w.tensor(
+                &format!("{b}.attn_norm.weight"),
+                GgmlType::F32,
+                &[d],
+                &get(&format!("{p}.input_layernorm.weight"), &[d]),
+            )
+            .tensor(
+                &format!("{b}.attn_q.weight"),
+                ty,
+                &[qd, d],
+                &permute(get(&format!("{p}.self_attn.q_proj.weight"), &[qd, d]), cfg.num_attention_heads),
+            )
+            .tensor(
+                &format!("{b}.attn_k.weight"),
+                ty,
+                &[kvd, d],
+                &permute(get(&format!("{p}.self_attn.k_proj.weight"), &[kvd, d]), cfg.num_key_value_heads),
+            )
+            .tensor(
+                &format!("{b}.attn_v.weight"),
+                ty,
+                &[kvd, d],
+                &get(&format!("{p}.self_attn.v_proj.weight"), &[kvd, d]),
+            )
+            .tensor(
+                &format!("{b}.attn_output.weight"),
+                ty,
+                &[d, qd],
+                &get(&format!("{p}.self_attn.o_proj.weight"), &[d, qd]),
+            )
+            .tensor(
+                &format!("{b}.ffn_norm.weight"),
+                GgmlType::F32,
+                &[d],
+                &get(&format!("{p}.post_attention_layernorm.weight"), &[d]),
+            )
+            .tensor(&format!("{b}.ffn_gate.weight"), ty, &[f, d], &get(&format!("{p}.mlp.gate_proj.weight"), &[f, d]))
+            .tensor(&format!("{b}.ffn_up.weight"), ty, &[f, d], &get(&format!("{p}.mlp.up_proj.weight"), &[f, d]))
+            .tensor(
+                &format!("{b}.ffn_down.weight"),
+                ty,
+                &[d, f],
+                &get(&format!("{p}.mlp.down_proj.weight"), &[d, f]),
+            );
         }
-        w.tensor("output_norm.weight", GgmlType::F32, &[d], &get("model.norm.weight", &[d]))
-            .tensor("output.weight", ty, &[v, d], &get("lm_head.weight", &[v, d]));
+        w.tensor("output_norm.weight", GgmlType::F32, &[d], &get("model.norm.weight", &[d])).tensor(
+            "output.weight",
+            ty,
+            &[v, d],
+            &get("lm_head.weight", &[v, d]),
+        );
         let g = gguf::model_from_file(&parse(w.to_bytes()).unwrap(), GgufOptions { dtype, threads: 2 }).unwrap();
         let prompt: Vec<u32> = (0..13).map(|i| (i * 29 + 5) % v as u32).collect();
         let a = logits_all(&mut engine(&hf, 8, &[3], 2), 1, 0, &prompt);
@@ -323,7 +379,7 @@ fn invalid_utf8_value_names_the_key() {
     b[at + 2] = 0xc3; // a lead byte followed by ASCII
     expect_err(parse(b), Some(at as u64 + 2), &["metadata `tokenizer.chat_template`", "not valid UTF-8"]);
     let mut b = tiny().to_bytes();
-    let at = find(&b, "Ġt".as_bytes()) ; // first occurrence: the token list
+    let at = find(&b, "Ġt".as_bytes()); // first occurrence: the token list
     b[at + 1] = 0x41; // breaks the two-byte Ġ
     expect_err(parse(b), Some(at as u64), &["tokenizer.ggml.tokens", "not valid UTF-8"]);
 }
@@ -422,7 +478,11 @@ fn tensor_data_out_of_range() {
     let b = tiny().to_bytes();
     let f = parse(b.clone()).unwrap();
     let last = f.tensors.iter().max_by_key(|t| t.offset).unwrap().clone();
-    expect_err(parse(b[..b.len() - 1].to_vec()), Some(last.info_offset), &[&format!("tensor `{}`", last.name), "outside the file"]);
+    expect_err(
+        parse(b[..b.len() - 1].to_vec()),
+        Some(last.info_offset),
+        &[&format!("tensor `{}`", last.name), "outside the file"],
+    );
     // an offset far past the end
     let mut b = tiny().to_bytes();
     let (at, _, off_at) = tensor_fields(&b, "blk.0.attn_q.weight");
@@ -554,7 +614,8 @@ fn random_corruption_never_panics() {
                 _ => next() as u8,
             };
         }
-        if let Err(e) = parse(c).and_then(|f| gguf::model_from_file(&f, GgufOptions { dtype: DType::F32, threads: 1 })) {
+        if let Err(e) = parse(c).and_then(|f| gguf::model_from_file(&f, GgufOptions { dtype: DType::F32, threads: 1 }))
+        {
             assert!(e.to_string().contains(NAME), "{e}");
             errors += 1;
         }

@@ -50,7 +50,12 @@ fn check_fixture(name: &str, threads: usize, cuts: &[usize]) {
         assert!(err < TOLERANCE, "{name} case {ci} final decode step: normalised error {err:.3e}");
         e.free(1);
         // and the engine's own generate loop gives the same tokens
-        let req = GenRequest { prompt: prompt.clone(), max_tokens: new_tokens.len(), sampling: SamplingParams::default(), ignore_eos: true };
+        let req = GenRequest {
+            prompt: prompt.clone(),
+            max_tokens: new_tokens.len(),
+            sampling: SamplingParams::default(),
+            ignore_eos: true,
+        };
         assert_eq!(e.generate(&[req], 7).unwrap()[0].tokens, new_tokens, "{name} case {ci} generate()");
     }
 }
@@ -81,7 +86,11 @@ fn tokenizer_matches_hugging_face() {
         for ex in golden["tokenizer"]["encode_examples"].as_array().unwrap() {
             let text = ex["text"].as_str().unwrap();
             assert_eq!(tok.encode(text).unwrap(), ids(&ex["ids"]), "{name}: encode {text:?}");
-            assert_eq!(tok.decode(&ids(&ex["ids"])).unwrap(), ex["decoded_skip_special_tokens"].as_str().unwrap(), "{name}: decode {text:?}");
+            assert_eq!(
+                tok.decode(&ids(&ex["ids"])).unwrap(),
+                ex["decoded_skip_special_tokens"].as_str().unwrap(),
+                "{name}: decode {text:?}"
+            );
         }
     }
 }

@@ -97,7 +97,12 @@ fn requests_batched_together_generate_what_they_generate_alone() {
     let reqs: Vec<GenRequest> = vec![
         GenRequest { prompt: vec![3, 4, 5], max_tokens: 20, sampling: SamplingParams::default(), ignore_eos: true },
         GenRequest { prompt: (10..47).collect(), max_tokens: 6, sampling: SamplingParams::default(), ignore_eos: true },
-        GenRequest { prompt: vec![99], max_tokens: 13, sampling: SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.9, seed: 5 }, ignore_eos: true },
+        GenRequest {
+            prompt: vec![99],
+            max_tokens: 13,
+            sampling: SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.9, seed: 5 },
+            ignore_eos: true,
+        },
     ];
     let together = e.generate(&reqs, 16).unwrap();
     for (i, r) in reqs.iter().enumerate() {

@@ -5,7 +5,9 @@ mod common;
 use common::*;
 use kernels::Pool;
 use pipeline::packed::{self, PackProgress, PackedFile};
-use pipeline::{Format, GenRequest, LogitsRows, Model, SamplingParams, StageBatch, StageInput, StageLimits, StageOutput};
+use pipeline::{
+    Format, GenRequest, LogitsRows, Model, SamplingParams, StageBatch, StageInput, StageLimits, StageOutput,
+};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -74,16 +76,34 @@ fn every_block_stands_alone_and_is_aligned() {
         assert!(layout.validate().is_ok());
         let find = |name: &str| h.tensors.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(find("model.embed_tokens.weight").block, 0);
-        assert_eq!(find("lm_head.weight").block as usize, b - 1, "{preset}: the LM head (a copy when tied) is in the last block");
+        assert_eq!(
+            find("lm_head.weight").block as usize,
+            b - 1,
+            "{preset}: the LM head (a copy when tied) is in the last block"
+        );
         assert_eq!(find("model.norm.weight").block as usize, b - 1);
         let blocks = pipeline::BlockLayout::new(hf.config.num_hidden_layers, b).unwrap();
         for t in &h.tensors {
             assert_eq!(t.offset % 256, 0, "{}", t.name);
-            if let Some(i) = t.name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|s| s.parse::<usize>().ok()) {
+            if let Some(i) = t
+                .name
+                .strip_prefix("model.layers.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|s| s.parse::<usize>().ok())
+            {
                 assert!(blocks.block_layers(t.block as usize).contains(&i), "{}", t.name);
             }
             // dtypes are the source's
-            let src = hf.weights.tensor(&t.name.replace("lm_head.weight", if hf.config.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" }), &t.shape.iter().map(|&d| d as usize).collect::<Vec<_>>()).unwrap();
+            let src = hf
+                .weights
+                .tensor(
+                    &t.name.replace(
+                        "lm_head.weight",
+                        if hf.config.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" },
+                    ),
+                    &t.shape.iter().map(|&d| d as usize).collect::<Vec<_>>(),
+                )
+                .unwrap();
             assert_eq!(t.dtype, format!("{:?}", src.dtype).to_uppercase(), "{}", t.name);
             let eb = &layout.exec_blocks[t.block as usize];
             let bytes = &pf.bytes()[(eb.offset + t.offset) as usize..(eb.offset + t.offset + t.len) as usize];
@@ -112,7 +132,8 @@ fn tokenizer_and_chat_template_travel_in_the_header() {
         std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
     }
     let template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}";
-    std::fs::write(dir.join("tokenizer_config.json"), serde_json::json!({ "chat_template": template }).to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), serde_json::json!({ "chat_template": template }).to_string())
+        .unwrap();
     let hf = Model::open(&dir).unwrap();
     let file = tmp.path().join("tiny.fspack");
     pack(&hf, &file, 4, None);
@@ -144,8 +165,13 @@ fn pack_reports_progress_is_deterministic_and_leaves_no_temp_files() {
     assert_eq!(s.layout.total_bytes, s.data_bytes);
     assert!(s.mb_per_s > 0.0 && s.seconds > 0.0);
     packed::pack(&hf, &out.join("b.fspack"), 4, None, &mut |_| {}).unwrap();
-    assert_eq!(std::fs::read(out.join("a.fspack")).unwrap(), std::fs::read(out.join("b.fspack")).unwrap(), "same model, same bytes");
-    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(
+        std::fs::read(out.join("a.fspack")).unwrap(),
+        std::fs::read(out.join("b.fspack")).unwrap(),
+        "same model, same bytes"
+    );
+    let names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 2, "no temporary files left: {names:?}");
     // bad arguments are refused before anything is written
     for (b, c) in [(0, None), (9, None), (4, Some(1000)), (4, Some(0))] {

@@ -132,24 +132,86 @@ fn header_contents_are_checked_beyond_the_checksum() {
     let cases: Vec<(Vec<u8>, &[&str])> = vec![
         (p.with_header_bytes(b"{not json"), &["not a valid packed-file header", "byte 32"]),
         (p.with_header_bytes(b"[1, 2, 3]"), &["not a valid packed-file header"]),
-        (p.with_header(|h| { h.as_object_mut().unwrap().remove("layout"); }), &["missing field `layout`"]),
+        (
+            p.with_header(|h| {
+                h.as_object_mut().unwrap().remove("layout");
+            }),
+            &["missing field `layout`"],
+        ),
         (p.with_header(|h| h["layout"]["version"] = 7.into()), &["model layout version 7", "byte 32"]),
-        (p.with_header(|h| h["layout"]["exec_blocks"][2]["offset"] = 4096.into()), &["block table", "execution block 2"]),
+        (
+            p.with_header(|h| h["layout"]["exec_blocks"][2]["offset"] = 4096.into()),
+            &["block table", "execution block 2"],
+        ),
         (p.with_header(|h| h["layout"]["transfer_blocks"][3]["len"] = 8192.into()), &["block table"]),
         (p.with_header(|h| h["layout"]["total_bytes"] = 1.into()), &["block table", "total_bytes"]),
         (p.with_header(|h| h["layout"]["num_layers"] = 9.into()), &["block table"]),
         (p.with_header(|h| h["config"]["num_hidden_layers"] = 9.into()), &["config has 9 layers"]),
         (p.with_header(|h| h["config"]["hidden_act"] = "gelu".into()), &["header config", "hidden_act"]),
         (p.with_header(|h| h["config"] = Value::Null), &["header config"]),
-        (p.with_header(|h| { let i = q0(h); h["tensors"][i]["block"] = 99.into() }), &["q_proj", "block 99 does not exist"]),
-        (p.with_header(|h| { let i = q0(h); h["tensors"][i]["block"] = 1.into() }), &["q_proj", "layer 0 belongs"]),
-        (p.with_header(|h| { let i = q0(h); h["tensors"][i]["offset"] = (1u64 << 40).into() }), &["q_proj", "run past"]),
-        (p.with_header(|h| { let i = q0(h); h["tensors"][i]["offset"] = u64::MAX.into() }), &["q_proj", "run past"]),
-        (p.with_header(|h| { let i = q0(h); h["tensors"][i]["dtype"] = "Q4_0".into() }), &["q_proj", "dtype `Q4_0`"]),
-        (p.with_header(|h| { let i = q0(h); h["tensors"][i]["len"] = 12.into() }), &["q_proj", "needs"]),
-        (p.with_header(|h| { let i = q0(h); h["tensors"][i]["shape"] = serde_json::json!([u64::MAX, u64::MAX]) }), &["q_proj", "overflows"]),
-        (p.with_header(|h| { let i = q0(h); h["tensors"][i]["shape"] = serde_json::json!([1,1,1,1,1,1,1,1,1]) }), &["q_proj", "rank"]),
-        (p.with_header(|h| { let t = h["tensors"][0].clone(); h["tensors"].as_array_mut().unwrap().push(t) }), &["listed twice"]),
+        (
+            p.with_header(|h| {
+                let i = q0(h);
+                h["tensors"][i]["block"] = 99.into()
+            }),
+            &["q_proj", "block 99 does not exist"],
+        ),
+        (
+            p.with_header(|h| {
+                let i = q0(h);
+                h["tensors"][i]["block"] = 1.into()
+            }),
+            &["q_proj", "layer 0 belongs"],
+        ),
+        (
+            p.with_header(|h| {
+                let i = q0(h);
+                h["tensors"][i]["offset"] = (1u64 << 40).into()
+            }),
+            &["q_proj", "run past"],
+        ),
+        (
+            p.with_header(|h| {
+                let i = q0(h);
+                h["tensors"][i]["offset"] = u64::MAX.into()
+            }),
+            &["q_proj", "run past"],
+        ),
+        (
+            p.with_header(|h| {
+                let i = q0(h);
+                h["tensors"][i]["dtype"] = "Q4_0".into()
+            }),
+            &["q_proj", "dtype `Q4_0`"],
+        ),
+        (
+            p.with_header(|h| {
+                let i = q0(h);
+                h["tensors"][i]["len"] = 12.into()
+            }),
+            &["q_proj", "needs"],
+        ),
+        (
+            p.with_header(|h| {
+                let i = q0(h);
+                h["tensors"][i]["shape"] = serde_json::json!([u64::MAX, u64::MAX])
+            }),
+            &["q_proj", "overflows"],
+        ),
+        (
+            p.with_header(|h| {
+                let i = q0(h);
+                h["tensors"][i]["shape"] = serde_json::json!([1, 1, 1, 1, 1, 1, 1, 1, 1])
+            }),
+            &["q_proj", "rank"],
+        ),
+        (
+            p.with_header(|h| {
+                let t = h["tensors"][0].clone();
+                h["tensors"].as_array_mut().unwrap().push(t)
+            }),
+            &["listed twice"],
+        ),
     ];
     for (i, (bytes, wants)) in cases.iter().enumerate() {
         let e = p.open_err(bytes);
@@ -171,7 +233,14 @@ fn header_contents_are_checked_beyond_the_checksum() {
     assert!(e.contains("inside the header"), "{e}");
     // A tensor missing from the index: the file opens, the stage names the tensor.
     let path = p.dir.join("missing.fspack");
-    std::fs::write(&path, p.with_header(|h| { let i = q0(h); h["tensors"].as_array_mut().unwrap().remove(i); })).unwrap();
+    std::fs::write(
+        &path,
+        p.with_header(|h| {
+            let i = q0(h);
+            h["tensors"].as_array_mut().unwrap().remove(i);
+        }),
+    )
+    .unwrap();
     let m = packed::open(&path).unwrap();
     let e = m.stage(8, 0..8, Arc::new(kernels::Pool::new(1)), Default::default()).err().unwrap().to_string();
     assert!(e.contains("model.layers.0.self_attn.q_proj.weight") && e.contains("not found"), "{e}");
@@ -185,7 +254,12 @@ fn checksum_mismatch_names_the_block() {
     let mut bad = p.bytes.clone();
     bad[(t.offset + 100) as usize] ^= 0x40;
     let e = p.open_err(&bad);
-    let want = format!("checksum mismatch in execution block 3, transfer block {} (bytes {}..{})", t.id, t.offset, t.offset + t.len);
+    let want = format!(
+        "checksum mismatch in execution block 3, transfer block {} (bytes {}..{})",
+        t.id,
+        t.offset,
+        t.offset + t.len
+    );
     assert!(e.contains(&want), "{e}");
     // The header is intact: partial mode opens, every other block verifies, block 3 does not.
     let path = p.dir.join("bad3.fspack");

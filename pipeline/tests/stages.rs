@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use pipeline::{GenRequest, Model, SamplingParams, StageBatch, StageInput, StageOutput, LogitsRows};
+use pipeline::{GenRequest, LogitsRows, Model, SamplingParams, StageBatch, StageInput, StageOutput};
 
 fn greedy(max_tokens: usize, prompt: Vec<u32>) -> GenRequest {
     GenRequest { prompt, max_tokens, sampling: SamplingParams::default(), ignore_eos: true }
@@ -52,7 +52,9 @@ fn stages_keep_separate_caches_and_hidden_states_cross_the_wire() {
     let (rows, width, h2) = pipeline::wire::decode_hidden(&wire).unwrap();
     assert_eq!((rows, width), (3, 64));
     let StageOutput::Logits { data: split, .. } = s1.forward(&mk(StageInput::Hidden(h2))).unwrap() else { panic!() };
-    let StageOutput::Logits { data: joined, .. } = whole.forward(&mk(StageInput::Tokens(tokens))).unwrap() else { panic!() };
+    let StageOutput::Logits { data: joined, .. } = whole.forward(&mk(StageInput::Tokens(tokens))).unwrap() else {
+        panic!()
+    };
     assert_eq!(bits(&split), bits(&joined));
     assert_eq!((s0.seq_len(1), s1.seq_len(1)), (3, 3));
     assert!(s0.free(1));

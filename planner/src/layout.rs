@@ -167,9 +167,9 @@ impl ModelLayout {
         for (i, (layers, payload)) in blocks.iter().enumerate() {
             let len = align_up((*payload).max(1))
                 .ok_or_else(|| LayoutError::Invalid(format!("execution block {i}: {payload} bytes overflow")))?;
-            let end = offset
-                .checked_add(len)
-                .ok_or_else(|| LayoutError::Invalid(format!("execution block {i}: offset {offset} + {len} overflows")))?;
+            let end = offset.checked_add(len).ok_or_else(|| {
+                LayoutError::Invalid(format!("execution block {i}: offset {offset} + {len} overflows"))
+            })?;
             let n_tb = len.div_ceil(chunk_bytes);
             if transfer_blocks.len() as u64 + n_tb > MAX_TRANSFER_BLOCKS as u64 {
                 return invalid(format!("more than {MAX_TRANSFER_BLOCKS} transfer blocks; use larger chunks"));
@@ -243,7 +243,10 @@ impl ModelLayout {
                     b.offset, b.len
                 )));
             }
-            let end = b.offset.checked_add(b.len).ok_or_else(|| at(format!("offset {} + length {} overflows", b.offset, b.len)))?;
+            let end = b
+                .offset
+                .checked_add(b.len)
+                .ok_or_else(|| at(format!("offset {} + length {} overflows", b.offset, b.len)))?;
             next_offset = end;
             if b.transfer_blocks.is_empty() {
                 return Err(at("has no transfer blocks".into()));
@@ -251,7 +254,9 @@ impl ModelLayout {
             let mut t_next = b.offset;
             for (k, &id) in b.transfer_blocks.iter().enumerate() {
                 if id as usize != next_tb {
-                    return Err(at(format!("transfer block #{k} is {id}, expected {next_tb} (ids must be consecutive and global)")));
+                    return Err(at(format!(
+                        "transfer block #{k} is {id}, expected {next_tb} (ids must be consecutive and global)"
+                    )));
                 }
                 let t = self
                     .transfer_blocks
@@ -268,7 +273,10 @@ impl ModelLayout {
                     )));
                 }
                 if t.len % BLOCK_ALIGN_BYTES != 0 {
-                    return Err(at(format!("transfer block {id} length {} is not a multiple of {BLOCK_ALIGN_BYTES}", t.len)));
+                    return Err(at(format!(
+                        "transfer block {id} length {} is not a multiple of {BLOCK_ALIGN_BYTES}",
+                        t.len
+                    )));
                 }
                 t_next = t.offset.checked_add(t.len).filter(|&e| e <= end).ok_or_else(|| {
                     at(format!("transfer block {id} [{}, +{}) runs past the block's end {end}", t.offset, t.len))
@@ -282,10 +290,17 @@ impl ModelLayout {
             return invalid(format!("{} transfer blocks belong to no execution block", n_tb - next_tb));
         }
         if next_layer != self.num_layers {
-            return invalid(format!("execution blocks cover layers [0, {next_layer}), the model has {}", self.num_layers));
+            return invalid(format!(
+                "execution blocks cover layers [0, {next_layer}), the model has {}",
+                self.num_layers
+            ));
         }
         if next_offset - base != self.total_bytes {
-            return invalid(format!("execution blocks hold {} bytes, total_bytes says {}", next_offset - base, self.total_bytes));
+            return invalid(format!(
+                "execution blocks hold {} bytes, total_bytes says {}",
+                next_offset - base,
+                self.total_bytes
+            ));
         }
         Ok(())
     }
@@ -302,7 +317,11 @@ impl ModelLayout {
 
     /// The transfer blocks of execution block `exec_block` (empty if there is none).
     pub fn transfer_blocks_of(&self, exec_block: usize) -> &[TransferBlock] {
-        match self.exec_blocks.get(exec_block).and_then(|b| Some((*b.transfer_blocks.first()?, b.transfer_blocks.len()))) {
+        match self
+            .exec_blocks
+            .get(exec_block)
+            .and_then(|b| Some((*b.transfer_blocks.first()?, b.transfer_blocks.len())))
+        {
             Some((first, n)) => self.transfer_blocks.get(first as usize..first as usize + n).unwrap_or(&[]),
             None => &[],
         }
@@ -328,7 +347,10 @@ mod tests {
     #[test]
     fn new_pads_blocks_and_tiles_transfer_blocks() {
         let l = sample();
-        assert_eq!(l.exec_blocks.iter().map(|b| (b.offset, b.len)).collect::<Vec<_>>(), vec![(4 * K, 3 * K), (7 * K, 3 * K), (10 * K, K)]);
+        assert_eq!(
+            l.exec_blocks.iter().map(|b| (b.offset, b.len)).collect::<Vec<_>>(),
+            vec![(4 * K, 3 * K), (7 * K, 3 * K), (10 * K, K)]
+        );
         assert_eq!(l.total_bytes, 7 * K);
         assert_eq!(l.end_offset(), 11 * K);
         assert_eq!(l.data_offset(), 4 * K);
@@ -360,8 +382,23 @@ mod tests {
             ("layers", Box::new(|l| l.exec_blocks[2].layers = 6..6)),
             ("cover layers", Box::new(|l| l.num_layers = 9)),
             ("starts at byte", Box::new(|l| l.exec_blocks[1].offset += K)),
-            ("multiples", Box::new(|l| { l.exec_blocks[2].len = 100; })),
-            ("multiples", Box::new(|l| { for b in &mut l.exec_blocks { b.offset += 1; } for t in &mut l.transfer_blocks { t.offset += 1; } })),
+            (
+                "multiples",
+                Box::new(|l| {
+                    l.exec_blocks[2].len = 100;
+                }),
+            ),
+            (
+                "multiples",
+                Box::new(|l| {
+                    for b in &mut l.exec_blocks {
+                        b.offset += 1;
+                    }
+                    for t in &mut l.transfer_blocks {
+                        t.offset += 1;
+                    }
+                }),
+            ),
             ("total_bytes", Box::new(|l| l.total_bytes += K)),
             ("no transfer blocks", Box::new(|l| l.exec_blocks[2].transfer_blocks.clear())),
             ("consecutive", Box::new(|l| l.exec_blocks[1].transfer_blocks = vec![3, 2])),
@@ -369,12 +406,46 @@ mod tests {
             ("expected to start", Box::new(|l| l.transfer_blocks[1].offset += K)),
             ("expected to start", Box::new(|l| l.transfer_blocks[1].len = 0)),
             ("runs past", Box::new(|l| l.transfer_blocks[1].len = 2 * K)),
-            ("transfer blocks end", Box::new(|l| { l.transfer_blocks[1].len = 0; l.exec_blocks[0].transfer_blocks.pop(); for t in &mut l.transfer_blocks[2..] { t.id -= 1; } l.transfer_blocks.remove(1); for b in &mut l.exec_blocks[1..] { for id in &mut b.transfer_blocks { *id -= 1; } } })),
-            ("belong to no", Box::new(|l| { let mut t = l.transfer_blocks[4]; t.id = 5; l.transfer_blocks.push(t); })),
+            (
+                "transfer blocks end",
+                Box::new(|l| {
+                    l.transfer_blocks[1].len = 0;
+                    l.exec_blocks[0].transfer_blocks.pop();
+                    for t in &mut l.transfer_blocks[2..] {
+                        t.id -= 1;
+                    }
+                    l.transfer_blocks.remove(1);
+                    for b in &mut l.exec_blocks[1..] {
+                        for id in &mut b.transfer_blocks {
+                            *id -= 1;
+                        }
+                    }
+                }),
+            ),
+            (
+                "belong to no",
+                Box::new(|l| {
+                    let mut t = l.transfer_blocks[4];
+                    t.id = 5;
+                    l.transfer_blocks.push(t);
+                }),
+            ),
             ("index", Box::new(|l| l.transfer_blocks[0].id = 1)),
-            ("overflows", Box::new(|l| { l.exec_blocks[0].offset = u64::MAX - K + 1; })),
+            (
+                "overflows",
+                Box::new(|l| {
+                    l.exec_blocks[0].offset = u64::MAX - K + 1;
+                }),
+            ),
             ("execution blocks", Box::new(|l| l.exec_blocks.clear())),
-            ("not a multiple", Box::new(|l| { l.transfer_blocks[0].len = K + 8; l.transfer_blocks[1].offset = 4 * K + K + 8; l.transfer_blocks[1].len = 2 * K - 8; })),
+            (
+                "not a multiple",
+                Box::new(|l| {
+                    l.transfer_blocks[0].len = K + 8;
+                    l.transfer_blocks[1].offset = 4 * K + K + 8;
+                    l.transfer_blocks[1].len = 2 * K - 8;
+                }),
+            ),
         ];
         for (want, mutate) in cases {
             let mut l = sample();
@@ -412,11 +483,7 @@ mod tests {
     }
 
     fn arb_blocks() -> impl Strategy<Value = (Vec<(u32, u64)>, u64, u64)> {
-        (
-            prop::collection::vec((1u32..5, 1u64..200_000), 1..12),
-            0u64..16,
-            1u64..40,
-        )
+        (prop::collection::vec((1u32..5, 1u64..200_000), 1..12), 0u64..16, 1u64..40)
     }
 
     proptest! {

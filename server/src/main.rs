@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "faascale", version, about = "Serverless LLM inference that scales out by block multicast and execute-while-load")]
+#[command(
+    name = "faascale",
+    version,
+    about = "Serverless LLM inference that scales out by block multicast and execute-while-load"
+)]
 struct Cli {
     /// Log level on standard error: error, warn, info, debug.
     #[arg(long, global = true, default_value = "info")]

@@ -10,7 +10,8 @@ fn faascale(args: &[&str]) -> Output {
 
 fn last_json(out: &Output) -> Value {
     let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    let last = stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let last =
+        stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
 }
 
@@ -28,10 +29,25 @@ fn synth_then_generate_with_tokens() {
     assert_eq!(j["architecture"], "Qwen2ForCausalLM");
     // same seed, same bytes
     let dir2 = tmp.path().join("m2");
-    assert!(faascale(&["synth", "--preset", "tiny-qwen2", "--seed", "3", "-o", dir2.to_str().unwrap()]).status.success());
-    assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), std::fs::read(dir2.join("model.safetensors")).unwrap());
+    assert!(faascale(&["synth", "--preset", "tiny-qwen2", "--seed", "3", "-o", dir2.to_str().unwrap()])
+        .status
+        .success());
+    assert_eq!(
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        std::fs::read(dir2.join("model.safetensors")).unwrap()
+    );
 
-    let out = faascale(&["generate", "--model", dir.to_str().unwrap(), "--tokens", "1,2,3", "--max-tokens", "5", "--ignore-eos", "--json"]);
+    let out = faascale(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--tokens",
+        "1,2,3",
+        "--max-tokens",
+        "5",
+        "--ignore-eos",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let j = last_json(&out);
     assert_eq!(j["prompt_tokens"], serde_json::json!([1, 2, 3]));
@@ -45,10 +61,23 @@ fn synth_then_generate_with_tokens() {
 fn generate_prompt_text_greedy_matches_transformers() {
     // The fixture's golden continuation of its prompt, through the CLI.
     let dir = fixture("tiny-qwen2");
-    let golden: Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&dir).join("golden.json")).unwrap()).unwrap();
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&dir).join("golden.json")).unwrap()).unwrap();
     let case = &golden["cases"][2];
     let prompt: Vec<String> = case["prompt_ids"].as_array().unwrap().iter().map(|t| t.to_string()).collect();
-    let out = faascale(&["generate", "--model", &dir, "--tokens", &prompt.join(","), "--max-tokens", "16", "--temperature", "0", "--ignore-eos", "--json"]);
+    let out = faascale(&[
+        "generate",
+        "--model",
+        &dir,
+        "--tokens",
+        &prompt.join(","),
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let j = last_json(&out);
     assert_eq!(j["tokens"], case["greedy"]["new_tokens"]);
@@ -56,7 +85,16 @@ fn generate_prompt_text_greedy_matches_transformers() {
 
     // --prompt is tokenized as-is: same ids as the tokenizer gives
     let ex = &golden["tokenizer"]["encode_examples"][0];
-    let out = faascale(&["generate", "--model", &dir, "--prompt", ex["text"].as_str().unwrap(), "--max-tokens", "2", "--json"]);
+    let out = faascale(&[
+        "generate",
+        "--model",
+        &dir,
+        "--prompt",
+        ex["text"].as_str().unwrap(),
+        "--max-tokens",
+        "2",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(last_json(&out)["prompt_tokens"], ex["ids"]);
 }
@@ -65,7 +103,25 @@ fn generate_prompt_text_greedy_matches_transformers() {
 fn sampling_is_seeded() {
     let dir = fixture("tiny-llama");
     let run = |seed: &str| {
-        let out = faascale(&["generate", "--model", &dir, "--tokens", "380,5,9", "--max-tokens", "12", "--temperature", "1.0", "--top-k", "50", "--top-p", "0.95", "--seed", seed, "--ignore-eos", "--json"]);
+        let out = faascale(&[
+            "generate",
+            "--model",
+            &dir,
+            "--tokens",
+            "380,5,9",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "1.0",
+            "--top-k",
+            "50",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+            "--ignore-eos",
+            "--json",
+        ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         last_json(&out)["tokens"].clone()
     };
@@ -80,10 +136,16 @@ fn bad_input_gets_a_clear_error_and_json() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["generate", "--model", &dir, "--tokens", "1,x,3", "--max-tokens", "2", "--json"], "element 1 `x`"),
         (vec!["generate", "--model", &dir, "--tokens", "1,99999", "--max-tokens", "2", "--json"], "out of range"),
-        (vec!["generate", "--model", "/nonexistent/model", "--tokens", "1", "--max-tokens", "2", "--json"], "/nonexistent/model"),
+        (
+            vec!["generate", "--model", "/nonexistent/model", "--tokens", "1", "--max-tokens", "2", "--json"],
+            "/nonexistent/model",
+        ),
         (vec!["generate", "--model", &dir, "--tokens", "1", "--max-tokens", "2", "--top-p", "0", "--json"], "top_p"),
         (vec!["synth", "--preset", "nope", "-o", "/tmp/x", "--json"], "unknown preset"),
-        (vec!["generate", "--model", &golden_file, "--tokens", "1", "--max-tokens", "2", "--json"], "expected a GGUF file"),
+        (
+            vec!["generate", "--model", &golden_file, "--tokens", "1", "--max-tokens", "2", "--json"],
+            "expected a GGUF file",
+        ),
     ];
     for (args, want) in cases {
         let out = faascale(&args);
@@ -106,7 +168,17 @@ fn generate_gives_the_same_tokens_from_a_packed_file() {
     let out = faascale(&["pack", "--model", &dir, "-o", packed.to_str().unwrap(), "--blocks", "4", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = |model: &str| {
-        let out = faascale(&["generate", "--model", model, "--prompt", "Hello, world", "--max-tokens", "10", "--ignore-eos", "--json"]);
+        let out = faascale(&[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "Hello, world",
+            "--max-tokens",
+            "10",
+            "--ignore-eos",
+            "--json",
+        ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         last_json(&out)
     };

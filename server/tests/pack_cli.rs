@@ -11,7 +11,8 @@ fn faascale(args: &[&str]) -> Output {
 
 fn last_json(out: &Output) -> Value {
     let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    let last = stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let last =
+        stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
 }
 
@@ -31,7 +32,18 @@ fn pack_then_inspect_lists_blocks_and_true_checksums() {
     let synth_json = synth(&dir, "tiny-llama");
     let file = tmp.path().join("m.fspack");
     let f = file.to_str().unwrap();
-    let out = faascale(&["pack", "--model", dir.to_str().unwrap(), "-o", f, "--blocks", "4", "--chunk-bytes", "8K", "--json"]);
+    let out = faascale(&[
+        "pack",
+        "--model",
+        dir.to_str().unwrap(),
+        "-o",
+        f,
+        "--blocks",
+        "4",
+        "--chunk-bytes",
+        "8K",
+        "--json",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let s = ok(out);
     assert!(stderr.contains("block 4/4 written") && stderr.contains("MB/s"), "progress on stderr: {stderr}");
@@ -54,7 +66,15 @@ fn pack_then_inspect_lists_blocks_and_true_checksums() {
     assert_eq!(p["verified"], true);
     let blocks = p["blocks"].as_array().unwrap();
     let layers: Vec<Value> = blocks.iter().map(|b| b["layers"].clone()).collect();
-    assert_eq!(layers, vec![serde_json::json!([0, 2]), serde_json::json!([2, 4]), serde_json::json!([4, 6]), serde_json::json!([6, 8])]);
+    assert_eq!(
+        layers,
+        vec![
+            serde_json::json!([0, 2]),
+            serde_json::json!([2, 4]),
+            serde_json::json!([4, 6]),
+            serde_json::json!([6, 8])
+        ]
+    );
     let mut next = p["data_offset"].as_u64().unwrap();
     for b in blocks {
         assert_eq!(b["offset"], next, "blocks abut");
@@ -64,7 +84,11 @@ fn pack_then_inspect_lists_blocks_and_true_checksums() {
         for t in b["transfer_blocks"].as_array().unwrap() {
             let (to, tl) = (t["offset"].as_u64().unwrap(), t["len"].as_u64().unwrap());
             assert_eq!(to, t_next, "transfer blocks tile the block");
-            assert_eq!(t["crc32c"], pipeline::packed::crc32c(&bytes[to as usize..(to + tl) as usize]), "the listed crc32c is the bytes'");
+            assert_eq!(
+                t["crc32c"],
+                pipeline::packed::crc32c(&bytes[to as usize..(to + tl) as usize]),
+                "the listed crc32c is the bytes'"
+            );
             t_next = to + tl;
         }
         assert_eq!(t_next, off + len);
@@ -104,7 +128,16 @@ fn inspect_a_checkpoint_directory_without_blocks() {
     assert_eq!(v["packed"]["chunk_bytes"].as_u64().unwrap() % 4096, 0);
     // a packed file packs again, into another block count
     let again = tmp.path().join("q4.fspack");
-    let s = ok(faascale(&["pack", "--model", file.to_str().unwrap(), "-o", again.to_str().unwrap(), "--blocks", "2", "--json"]));
+    let s = ok(faascale(&[
+        "pack",
+        "--model",
+        file.to_str().unwrap(),
+        "-o",
+        again.to_str().unwrap(),
+        "--blocks",
+        "2",
+        "--json",
+    ]));
     assert_eq!(s["blocks"], 2);
 }
 

@@ -49,18 +49,10 @@ impl Kernels {
         scale: f32,
     ) -> Result<(), KernelError> {
         if n_kv_heads == 0 {
-            return Err(KernelError::InvalidDim {
-                what: "attention n_kv_heads",
-                value: 0,
-                reason: "must be positive",
-            });
+            return Err(KernelError::InvalidDim { what: "attention n_kv_heads", value: 0, reason: "must be positive" });
         }
         if n_heads % n_kv_heads != 0 {
-            return Err(KernelError::NotMultiple {
-                what: "attention n_heads",
-                len: n_heads,
-                of: n_kv_heads,
-            });
+            return Err(KernelError::NotMultiple { what: "attention n_heads", len: n_heads, of: n_kv_heads });
         }
         let q_row = mul(n_heads, head_dim, "attention n_heads * head_dim")?;
         let kv_row = mul(n_kv_heads, head_dim, "attention n_kv_heads * head_dim")?;
@@ -72,22 +64,12 @@ impl Kernels {
             expect_len("attention out", q_len, s.out.len())?;
             expect_len("attention v (same length as k)", s.k.len(), s.v.len())?;
             if kv_row > 0 && s.k.len() % kv_row != 0 {
-                return Err(KernelError::NotMultiple {
-                    what: "attention k",
-                    len: s.k.len(),
-                    of: kv_row,
-                });
+                return Err(KernelError::NotMultiple { what: "attention k", len: s.k.len(), of: kv_row });
             }
             let n_ctx = s.k.len().checked_div(kv_row).unwrap_or(usize::MAX); // head_dim 0: no keys needed
-            let needed = s.pos0.checked_add(s.n_q).ok_or(KernelError::SizeOverflow {
-                what: "attention pos0 + n_q",
-            })?;
+            let needed = s.pos0.checked_add(s.n_q).ok_or(KernelError::SizeOverflow { what: "attention pos0 + n_q" })?;
             if n_ctx < needed {
-                return Err(KernelError::ContextTooShort {
-                    seq: i,
-                    needed,
-                    got: n_ctx,
-                });
+                return Err(KernelError::ContextTooShort { seq: i, needed, got: n_ctx });
             }
             views.push(SeqView {
                 q: s.q.as_ptr(),
@@ -99,9 +81,7 @@ impl Kernels {
             });
             items = mul(s.n_q, n_heads, "attention n_q * n_heads")?
                 .checked_add(items)
-                .ok_or(KernelError::SizeOverflow {
-                    what: "attention items",
-                })?;
+                .ok_or(KernelError::SizeOverflow { what: "attention items" })?;
         }
         if items == 0 || head_dim == 0 {
             return Ok(());

@@ -38,29 +38,14 @@ impl Plan {
         let nb_cap = ((BLOCK_BYTES / (4 * k.max(1))) / N_ALIGN * N_ALIGN).max(N_ALIGN);
         // about 4 tasks per thread for balance, but none much below MIN_TASK_MACS
         let macs = m.saturating_mul(n).saturating_mul(k.max(1));
-        let want = if threads > 1 {
-            (4 * threads).min(macs / MIN_TASK_MACS).max(1)
-        } else {
-            1
-        };
+        let want = if threads > 1 { (4 * threads).min(macs / MIN_TASK_MACS).max(1) } else { 1 };
         let n_blocks = n.div_ceil(nb_cap).max(want.min(n.div_ceil(N_ALIGN)));
         let nb = n.div_ceil(n_blocks).next_multiple_of(N_ALIGN).min(n);
         let n_blocks = n.div_ceil(nb);
-        let m_blocks = if n_blocks >= want {
-            1
-        } else {
-            want.div_ceil(n_blocks).min(m.div_ceil(M_ALIGN)).max(1)
-        };
+        let m_blocks = if n_blocks >= want { 1 } else { want.div_ceil(n_blocks).min(m.div_ceil(M_ALIGN)).max(1) };
         let mb = m.div_ceil(m_blocks).next_multiple_of(M_ALIGN).min(m);
         let m_blocks = m.div_ceil(mb);
-        Plan {
-            m,
-            n,
-            mb,
-            nb,
-            m_blocks,
-            n_blocks,
-        }
+        Plan { m, n, mb, nb, m_blocks, n_blocks }
     }
 
     fn tasks(&self) -> usize {
@@ -72,10 +57,7 @@ impl Plan {
         let (bj, bi) = (t / self.m_blocks, t % self.m_blocks);
         let i0 = bi * self.mb;
         let j0 = bj * self.nb;
-        (
-            i0..(i0 + self.mb).min(self.m),
-            j0..(j0 + self.nb).min(self.n),
-        )
+        (i0..(i0 + self.mb).min(self.m), j0..(j0 + self.nb).min(self.n))
     }
 }
 
@@ -87,10 +69,9 @@ impl Plan {
 /// as fast as f32, scalar f16 is far slower than one pass.
 fn convert_min_rows(variant: Variant, dtype: DType) -> usize {
     match (variant, dtype) {
-        (_, DType::F32)
-        | (Variant::Avx512, _)
-        | (Variant::Avx2, DType::F16)
-        | (Variant::Scalar, DType::BF16) => usize::MAX,
+        (_, DType::F32) | (Variant::Avx512, _) | (Variant::Avx2, DType::F16) | (Variant::Scalar, DType::BF16) => {
+            usize::MAX
+        }
         (Variant::Avx2, DType::BF16) => 32,
         (Variant::Scalar, DType::F16) => 1,
     }
@@ -99,14 +80,7 @@ fn convert_min_rows(variant: Variant, dtype: DType) -> usize {
 impl Kernels {
     /// `y[m, n] = x[m, k] · w[n, k]^T` with `w = Weights { rows: n, cols: k }`.
     /// Needs `x.len() == m * k` and `y.len() == m * n`.
-    pub fn matmul(
-        &self,
-        pool: &Pool,
-        x: &[f32],
-        m: usize,
-        w: Weights,
-        y: &mut [f32],
-    ) -> Result<(), KernelError> {
+    pub fn matmul(&self, pool: &Pool, x: &[f32], m: usize, w: Weights, y: &mut [f32]) -> Result<(), KernelError> {
         w.check()?;
         let (n, k) = (w.rows, w.cols);
         expect_len("matmul x", mul(m, k, "matmul m * k")?, x.len())?;
@@ -155,24 +129,11 @@ impl Kernels {
                 // SAFETY: wf has n * k floats; wb has n * k elements of w.dtype.
                 unsafe { (self.ops.to_f32)(wb.as_ptr(), w.dtype.code(), wf.as_mut_ptr(), n * k) };
                 // SAFETY: xs, yb as above; wf is n rows of k f32.
-                unsafe {
-                    (self.ops.matmul)(
-                        xs.as_ptr(),
-                        m,
-                        k,
-                        wf.as_ptr().cast(),
-                        DType::F32.code(),
-                        n,
-                        yb,
-                        ldy,
-                    )
-                };
+                unsafe { (self.ops.matmul)(xs.as_ptr(), m, k, wf.as_ptr().cast(), DType::F32.code(), n, yb, ldy) };
             });
         } else {
             // SAFETY: see above.
-            unsafe {
-                (self.ops.matmul)(xs.as_ptr(), m, k, wb.as_ptr(), w.dtype.code(), n, yb, ldy)
-            };
+            unsafe { (self.ops.matmul)(xs.as_ptr(), m, k, wb.as_ptr(), w.dtype.code(), n, yb, ldy) };
         }
     }
 }
@@ -183,14 +144,9 @@ mod tests {
 
     #[test]
     fn plan_covers_every_element_once() {
-        for &(m, n, k, threads) in &[
-            (1, 1, 1, 1),
-            (1, 576, 576, 2),
-            (64, 49152, 576, 2),
-            (7, 17, 33, 3),
-            (256, 192, 576, 2),
-            (3, 5, 1536, 4),
-        ] {
+        for &(m, n, k, threads) in
+            &[(1, 1, 1, 1), (1, 576, 576, 2), (64, 49152, 576, 2), (7, 17, 33, 3), (256, 192, 576, 2), (3, 5, 1536, 4)]
+        {
             let p = Plan::new(m, n, k, threads);
             let mut seen = vec![0u8; m * n];
             for t in 0..p.tasks() {

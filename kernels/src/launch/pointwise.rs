@@ -6,13 +6,7 @@ use crate::{DType, Kernels};
 
 impl Kernels {
     /// `out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight`, rows of `weight.len()`.
-    pub fn rmsnorm(
-        &self,
-        x: &[f32],
-        weight: &[f32],
-        eps: f32,
-        out: &mut [f32],
-    ) -> Result<(), KernelError> {
+    pub fn rmsnorm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(), KernelError> {
         let dim = weight.len();
         if dim == 0 {
             return Err(KernelError::InvalidDim {
@@ -22,24 +16,11 @@ impl Kernels {
             });
         }
         if x.len() % dim != 0 {
-            return Err(KernelError::NotMultiple {
-                what: "rmsnorm x",
-                len: x.len(),
-                of: dim,
-            });
+            return Err(KernelError::NotMultiple { what: "rmsnorm x", len: x.len(), of: dim });
         }
         expect_len("rmsnorm out", x.len(), out.len())?;
         // SAFETY: x and out hold rows * dim floats, weight dim floats (checked above).
-        unsafe {
-            (self.ops.rmsnorm)(
-                x.as_ptr(),
-                weight.as_ptr(),
-                x.len() / dim,
-                dim,
-                eps,
-                out.as_mut_ptr(),
-            )
-        };
+        unsafe { (self.ops.rmsnorm)(x.as_ptr(), weight.as_ptr(), x.len() / dim, dim, eps, out.as_mut_ptr()) };
         Ok(())
     }
 
@@ -54,32 +35,15 @@ impl Kernels {
         sin: &[f32],
     ) -> Result<(), KernelError> {
         if head_dim % 2 != 0 {
-            return Err(KernelError::InvalidDim {
-                what: "rope head_dim",
-                value: head_dim,
-                reason: "must be even",
-            });
+            return Err(KernelError::InvalidDim { what: "rope head_dim", value: head_dim, reason: "must be even" });
         }
-        let x_len = mul(
-            mul(rows, n_heads, "rope rows * n_heads")?,
-            head_dim,
-            "rope x size",
-        )?;
+        let x_len = mul(mul(rows, n_heads, "rope rows * n_heads")?, head_dim, "rope x size")?;
         expect_len("rope x", x_len, x.len())?;
         let cs_len = rows * (head_dim / 2); // <= x_len, no overflow
         expect_len("rope cos", cs_len, cos.len())?;
         expect_len("rope sin", cs_len, sin.len())?;
         // SAFETY: x holds rows * n_heads * head_dim floats, cos and sin rows * head_dim / 2.
-        unsafe {
-            (self.ops.rope)(
-                x.as_mut_ptr(),
-                rows,
-                n_heads,
-                head_dim,
-                cos.as_ptr(),
-                sin.as_ptr(),
-            )
-        };
+        unsafe { (self.ops.rope)(x.as_mut_ptr(), rows, n_heads, head_dim, cos.as_ptr(), sin.as_ptr()) };
         Ok(())
     }
 
@@ -100,11 +64,7 @@ impl Kernels {
 
     /// Widens `dst.len()` elements of `dtype` (little-endian, any alignment) to f32.
     pub fn to_f32(&self, src: &[u8], dtype: DType, dst: &mut [f32]) -> Result<(), KernelError> {
-        expect_len(
-            "to_f32 src (bytes)",
-            mul(dst.len(), dtype.size_bytes(), "to_f32 size")?,
-            src.len(),
-        )?;
+        expect_len("to_f32 src (bytes)", mul(dst.len(), dtype.size_bytes(), "to_f32 size")?, src.len())?;
         // SAFETY: src holds dst.len() elements of dtype, dst dst.len() floats.
         unsafe { (self.ops.to_f32)(src.as_ptr(), dtype.code(), dst.as_mut_ptr(), dst.len()) };
         Ok(())

@@ -61,26 +61,19 @@ pub fn f32_to_f16(v: f32) -> u16 {
 /// f32 values the bytes hold).
 pub fn weight_bytes(vals: &[f32], dtype: DType) -> (Vec<u8>, Vec<f32>) {
     match dtype {
-        DType::F32 => (
-            vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            vals.to_vec(),
-        ),
+        DType::F32 => (vals.iter().flat_map(|v| v.to_le_bytes()).collect(), vals.to_vec()),
         DType::BF16 => {
             let bits: Vec<u16> = vals.iter().map(|&v| f32_to_bf16(v)).collect();
             (
                 bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
-                bits.iter()
-                    .map(|&b| kernels::reference::bf16_to_f32(b))
-                    .collect(),
+                bits.iter().map(|&b| kernels::reference::bf16_to_f32(b)).collect(),
             )
         }
         DType::F16 => {
             let bits: Vec<u16> = vals.iter().map(|&v| f32_to_f16(v)).collect();
             (
                 bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
-                bits.iter()
-                    .map(|&b| kernels::reference::f16_to_f32(b))
-                    .collect(),
+                bits.iter().map(|&b| kernels::reference::f16_to_f32(b)).collect(),
             )
         }
     }
@@ -91,11 +84,7 @@ pub const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 /// ||a - b||_2 / ||b||_2 (0 when both are 0).
 pub fn norm_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum();
+    let num: f64 = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
     let den: f64 = b.iter().map(|&y| f64::from(y).powi(2)).sum();
     if den == 0.0 {
         num.sqrt()

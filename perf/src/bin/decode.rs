@@ -41,9 +41,7 @@ fn copy_bandwidth(pool: &Pool, repeats: usize) -> f64 {
         pool.run(tasks, &|i| {
             let r = part(BUF_BYTES, tasks, i);
             // SAFETY: each task writes its own disjoint range r of `dst`, which outlives `run`.
-            let d = unsafe {
-                std::slice::from_raw_parts_mut((dst_addr as *mut u8).add(r.start), r.len())
-            };
+            let d = unsafe { std::slice::from_raw_parts_mut((dst_addr as *mut u8).add(r.start), r.len()) };
             d.copy_from_slice(&src[r]);
         });
         times.push(t.elapsed().as_secs_f64());
@@ -75,32 +73,21 @@ fn read_bandwidth(pool: &Pool, repeats: usize) -> f64 {
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let threads: usize = arg(&args, "--threads")
-        .map(|s| s.parse().expect("--threads N"))
-        .unwrap_or_else(Pool::default_threads);
-    let n_tokens: usize = arg(&args, "--tokens")
-        .map(|s| s.parse().expect("--tokens N"))
-        .unwrap_or(64);
-    let repeats: usize = arg(&args, "--repeats")
-        .map(|s| s.parse().expect("--repeats N"))
-        .unwrap_or(3);
+    let threads: usize =
+        arg(&args, "--threads").map(|s| s.parse().expect("--threads N")).unwrap_or_else(Pool::default_threads);
+    let n_tokens: usize = arg(&args, "--tokens").map(|s| s.parse().expect("--tokens N")).unwrap_or(64);
+    let repeats: usize = arg(&args, "--repeats").map(|s| s.parse().expect("--repeats N")).unwrap_or(3);
     let dir = match arg(&args, "--model") {
         Some(d) => PathBuf::from(d),
         None => {
-            let d = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/perf-models/smollm2-135m");
+            let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/perf-models/smollm2-135m");
             if !d.join("model.safetensors").exists() {
-                eprintln!(
-                    "writing a SmolLM2-135M-shaped checkpoint to {}",
-                    d.display()
-                );
+                eprintln!("writing a SmolLM2-135M-shaped checkpoint to {}", d.display());
                 let (cfg, dtype) = pipeline::synth::preset("smollm2-135m").expect("preset");
                 pipeline::synth::write_checkpoint(&d, cfg, dtype, 1).expect("synth");
             }
@@ -118,20 +105,13 @@ fn main() {
     let cfg = model.config.clone();
     let elem = model
         .weights
-        .tensor(
-            "model.layers.0.mlp.up_proj.weight",
-            &[cfg.intermediate_size, cfg.hidden_size],
-        )
+        .tensor("model.layers.0.mlp.up_proj.weight", &[cfg.intermediate_size, cfg.hidden_size])
         .expect("tensor")
         .dtype
         .size_bytes();
     let weight_bytes_per_token = cfg.parameter_count() as f64 * elem as f64;
-    let b = pipeline::BlockLayout::default_for(cfg.num_hidden_layers)
-        .unwrap()
-        .num_blocks;
-    let stage = model
-        .stage(b, 0..b, pool.clone(), StageLimits::default())
-        .expect("stage");
+    let b = pipeline::BlockLayout::default_for(cfg.num_hidden_layers).unwrap().num_blocks;
+    let stage = model.stage(b, 0..b, pool.clone(), StageLimits::default()).expect("stage");
     let mut engine = Engine::new(vec![stage]).expect("engine");
     let req = GenRequest {
         prompt: (1..9).collect(),
@@ -139,21 +119,18 @@ fn main() {
         sampling: SamplingParams::default(),
         ignore_eos: true,
     };
-    engine
-        .generate(std::slice::from_ref(&req), 8192)
-        .expect("warm-up"); // page the weights in
+    engine.generate(std::slice::from_ref(&req), 8192).expect("warm-up"); // page the weights in
     let mut tps = Vec::new();
     for _ in 0..repeats {
-        tps.push(
-            engine
-                .generate(std::slice::from_ref(&req), 8192)
-                .expect("generate")[0]
-                .decode_tokens_per_s,
-        );
+        tps.push(engine.generate(std::slice::from_ref(&req), 8192).expect("generate")[0].decode_tokens_per_s);
     }
     let decode_tokens_per_s = median(tps);
     // prefill: time to the first token of a prefill_len-token prompt
-    let long = GenRequest { prompt: (0..prefill_len as u32).map(|i| 1 + i * 7 % (cfg.vocab_size as u32 - 1)).collect(), max_tokens: 1, ..req.clone() };
+    let long = GenRequest {
+        prompt: (0..prefill_len as u32).map(|i| 1 + i * 7 % (cfg.vocab_size as u32 - 1)).collect(),
+        max_tokens: 1,
+        ..req.clone()
+    };
     let mut pps = Vec::new();
     for _ in 0..repeats {
         let ttft_ms = engine.generate(std::slice::from_ref(&long), 8192).expect("prefill")[0].ttft_ms;
@@ -170,18 +147,15 @@ fn main() {
         weight_bytes_per_token / 1e6,
         kernels::variant()
     );
-    eprintln!(
-        "copy bandwidth (read+write) {:>8.2} GB/s -> bound {:>7.1} tokens/s",
-        copy_bytes_per_s / 1e9,
-        bound_copy
-    );
-    eprintln!(
-        "read bandwidth              {:>8.2} GB/s -> bound {:>7.1} tokens/s",
-        read_bytes_per_s / 1e9,
-        bound_read
-    );
+    eprintln!("copy bandwidth (read+write) {:>8.2} GB/s -> bound {:>7.1} tokens/s", copy_bytes_per_s / 1e9, bound_copy);
+    eprintln!("read bandwidth              {:>8.2} GB/s -> bound {:>7.1} tokens/s", read_bytes_per_s / 1e9, bound_read);
     eprintln!("prefill of {prefill_len} tokens (median of {repeats}): {:.1} tokens/s", prefill_tokens_per_s);
-    eprintln!("decode (median of {repeats})          {:>8.1} tokens/s = {:.2} of the copy bound, {:.2} of the read bound", decode_tokens_per_s, decode_tokens_per_s / bound_copy, decode_tokens_per_s / bound_read);
+    eprintln!(
+        "decode (median of {repeats})          {:>8.1} tokens/s = {:.2} of the copy bound, {:.2} of the read bound",
+        decode_tokens_per_s,
+        decode_tokens_per_s / bound_copy,
+        decode_tokens_per_s / bound_read
+    );
     println!(
         "{}",
         serde_json::json!({
@@ -196,5 +170,9 @@ fn main() {
 }
 
 fn gguf_dtype_used(elem_bytes: usize) -> &'static str {
-    if elem_bytes == 4 { "f32" } else { "16-bit" }
+    if elem_bytes == 4 {
+        "f32"
+    } else {
+        "16-bit"
+    }
 }

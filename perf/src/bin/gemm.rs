@@ -29,13 +29,7 @@ use kernels::{DType, Kernels, Pool, Variant, Weights};
 use serde_json::{json, Value};
 
 /// (k, n) of the SmolLM2-135M projections: q/o, k/v, gate/up, down, LM head.
-const SHAPES: [(usize, usize); 5] = [
-    (576, 576),
-    (576, 192),
-    (576, 1536),
-    (1536, 576),
-    (576, 49152),
-];
+const SHAPES: [(usize, usize); 5] = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)];
 const MS: [usize; 3] = [64, 128, 256];
 
 struct Args {
@@ -164,26 +158,17 @@ impl Numpy {
         stdout.read_line(&mut line).map_err(|e| e.to_string())?;
         if line.trim() != "ready" {
             let status = child.wait().map_err(|e| e.to_string())?;
-            return Err(format!(
-                "numpy_sgemm.py did not start ({status}); see its message above"
-            ));
+            return Err(format!("numpy_sgemm.py did not start ({status}); see its message above"));
         }
-        Ok(Numpy {
-            child,
-            stdin,
-            stdout,
-        })
+        Ok(Numpy { child, stdin, stdout })
     }
 
     fn time(&mut self, m: usize, n: usize, k: usize, seconds: f64) -> Result<Value, String> {
         writeln!(self.stdin, "{m} {n} {k} {seconds}").map_err(|e| e.to_string())?;
         self.stdin.flush().map_err(|e| e.to_string())?;
         let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        serde_json::from_str(&line)
-            .map_err(|e| format!("bad answer from numpy_sgemm.py {line:?}: {e}"))
+        self.stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+        serde_json::from_str(&line).map_err(|e| format!("bad answer from numpy_sgemm.py {line:?}: {e}"))
     }
 }
 
@@ -198,14 +183,8 @@ impl Drop for Numpy {
 fn weight_bytes(w: &[f32], dtype: DType) -> Vec<u8> {
     match dtype {
         DType::F32 => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::BF16 => w
-            .iter()
-            .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
-            .collect(),
-        DType::F16 => w
-            .iter()
-            .flat_map(|v| f32_to_f16_bits(*v).to_le_bytes())
-            .collect(),
+        DType::BF16 => w.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect(),
+        DType::F16 => w.iter().flat_map(|v| f32_to_f16_bits(*v).to_le_bytes()).collect(),
     }
 }
 
@@ -262,29 +241,22 @@ fn gemm_mode(args: &Args, kern: Kernels, pool: &Pool) -> Value {
         for c in &mut cases {
             let wt = Weights::new(&weights[c.shape], args.dtype, c.n, c.k).expect("weights");
             let mut y = vec![0.0f32; c.m * c.n];
-            let t = median_time(args.seconds, || {
-                kern.matmul(pool, &c.x, c.m, wt, &mut y).expect("matmul")
-            });
+            let t = median_time(args.seconds, || kern.matmul(pool, &c.x, c.m, wt, &mut y).expect("matmul"));
             c.best_s = c.best_s.min(t);
-            let g = numpy
-                .as_mut()
-                .and_then(|p| match p.time(c.m, c.n, c.k, args.seconds) {
-                    Ok(v) => v["gflops"].as_f64(),
-                    Err(e) => {
-                        eprintln!("gemm: numpy: {e}");
-                        None
-                    }
-                });
+            let g = numpy.as_mut().and_then(|p| match p.time(c.m, c.n, c.k, args.seconds) {
+                Ok(v) => v["gflops"].as_f64(),
+                Err(e) => {
+                    eprintln!("gemm: numpy: {e}");
+                    None
+                }
+            });
             c.numpy_gflops = match (c.numpy_gflops, g) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
         }
     }
-    eprintln!(
-        "{:>6} {:>6} {:>6} {:>12} {:>12} {:>7}",
-        "m", "n", "k", "ours GF/s", "numpy GF/s", "ratio"
-    );
+    eprintln!("{:>6} {:>6} {:>6} {:>12} {:>12} {:>7}", "m", "n", "k", "ours GF/s", "numpy GF/s", "ratio");
     let mut rows = Vec::new();
     for c in &cases {
         let (m, n, k) = (c.m, c.n, c.k);
@@ -296,11 +268,12 @@ fn gemm_mode(args: &Args, kern: Kernels, pool: &Pool) -> Value {
             np.map_or("-".into(), |g| format!("{g:.1}")),
             ratio.map_or("-".into(), |r| format!("{r:.2}"))
         );
-        rows.push(json!({"m": m, "n": n, "k": k, "median_s": c.best_s, "gflops": ours, "numpy_gflops": np, "ratio": ratio}));
+        rows.push(
+            json!({"m": m, "n": n, "k": k, "median_s": c.best_s, "gflops": ours, "numpy_gflops": np, "ratio": ratio}),
+        );
     }
     let ratios: Vec<f64> = rows.iter().filter_map(|r| r["ratio"].as_f64()).collect();
-    let geo = (!ratios.is_empty())
-        .then(|| (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp());
+    let geo = (!ratios.is_empty()).then(|| (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp());
     let min = ratios.iter().cloned().reduce(f64::min);
     if let (Some(g), Some(mn)) = (geo, min) {
         eprintln!("ratio ours/numpy: geometric mean {g:.2}, min {mn:.2}");
@@ -328,27 +301,17 @@ fn read_bandwidth(pool: &Pool, seconds: f64) -> f64 {
 fn gemv_mode(args: &Args, kern: Kernels, pool: &Pool) -> Value {
     let bw = read_bandwidth(pool, args.seconds);
     eprintln!("plain parallel read of 512 MiB: {:.1} GB/s", bw / 1e9);
-    eprintln!(
-        "{:>6} {:>6} {:>10} {:>10} {:>8} {:>10}",
-        "n", "k", "MiB bf16", "us", "GB/s", "of read"
-    );
+    eprintln!("{:>6} {:>6} {:>10} {:>10} {:>8} {:>10}", "n", "k", "MiB bf16", "us", "GB/s", "of read");
     let mut rows = Vec::new();
-    let shapes: Vec<(usize, usize)> = SHAPES
-        .iter()
-        .cloned()
-        .chain([(4096, 4096), (4096, 11008), (8192, 32768)])
-        .collect();
+    let shapes: Vec<(usize, usize)> =
+        SHAPES.iter().cloned().chain([(4096, 4096), (4096, 11008), (8192, 32768)]).collect();
     for (si, &(k, n)) in shapes.iter().enumerate() {
-        let w: Vec<u8> = values(n * k, 3 + si as u64)
-            .iter()
-            .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
-            .collect();
+        let w: Vec<u8> =
+            values(n * k, 3 + si as u64).iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect();
         let wt = Weights::new(&w, DType::BF16, n, k).expect("weights");
         let x = values(k, 5);
         let mut y = vec![0.0f32; n];
-        let t = median_time(args.seconds, || {
-            kern.matmul(pool, &x, 1, wt, &mut y).expect("matmul")
-        });
+        let t = median_time(args.seconds, || kern.matmul(pool, &x, 1, wt, &mut y).expect("matmul"));
         let gbs = w.len() as f64 / t / 1e9;
         eprintln!(
             "{n:>6} {k:>6} {:>10.1} {:>10.1} {gbs:>8.1} {:>9.0}%",
@@ -377,16 +340,8 @@ fn main() {
         }
     };
     let pool = Pool::new(args.threads);
-    eprintln!(
-        "kernels variant {}, {} threads",
-        kern.variant(),
-        pool.threads()
-    );
-    let mut out = if args.gemv {
-        gemv_mode(&args, kern, &pool)
-    } else {
-        gemm_mode(&args, kern, &pool)
-    };
+    eprintln!("kernels variant {}, {} threads", kern.variant(), pool.threads());
+    let mut out = if args.gemv { gemv_mode(&args, kern, &pool) } else { gemm_mode(&args, kern, &pool) };
     out["variant"] = json!(kern.variant().name());
     out["threads"] = json!(pool.threads());
     println!("{out}");

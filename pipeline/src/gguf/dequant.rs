@@ -90,7 +90,10 @@ impl GgmlType {
 
     /// Whether this crate can dequantize it.
     pub fn is_supported(self) -> bool {
-        matches!(self, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+        matches!(
+            self,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1
+        )
     }
 
     /// Bytes of a row of `cols` values (`cols` a multiple of the block size).
@@ -362,7 +365,10 @@ mod tests {
         let mut row = vec![0f32; cols];
         for r in 0..rows {
             dequantize_row(GgmlType::Q4_1, &src[map(r) * rb..(map(r) + 1) * rb], &mut row);
-            let got: Vec<f32> = one[r * cols * 4..(r + 1) * cols * 4].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let got: Vec<f32> = one[r * cols * 4..(r + 1) * cols * 4]
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             assert_eq!(got, row, "row {r}");
         }
         let bf = dequantize_matrix(GgmlType::Q4_1, &src, rows, cols, None, DType::BF16, 2);

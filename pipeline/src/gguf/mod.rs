@@ -156,11 +156,16 @@ pub fn config_json(f: &GgufFile, vocab: usize) -> Result<serde_json::Value> {
     let heads = req("attention.head_count", MAX_DIM)?;
     let kv_heads = opt("attention.head_count_kv", MAX_DIM)?.unwrap_or(heads);
     if kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(f.key_err("llama.attention.head_count_kv", format!("{kv_heads} does not divide the head count {heads}")));
+        return Err(
+            f.key_err("llama.attention.head_count_kv", format!("{kv_heads} does not divide the head count {heads}"))
+        );
     }
     if let Some(e) = opt("expert_count", u32::MAX as u64)? {
         if e > 0 {
-            return Err(f.key_err("llama.expert_count", format!("{e} experts: mixture-of-experts llama files are not supported")));
+            return Err(f.key_err(
+                "llama.expert_count",
+                format!("{e} experts: mixture-of-experts llama files are not supported"),
+            ));
         }
     }
     let head_dim = match opt("attention.key_length", MAX_DIM)? {
@@ -177,12 +182,17 @@ pub fn config_json(f: &GgufFile, vocab: usize) -> Result<serde_json::Value> {
     };
     if let Some(v) = opt("attention.value_length", MAX_DIM)? {
         if v != head_dim {
-            return Err(f.key_err("llama.attention.value_length", format!("{v} differs from the key length {head_dim}")));
+            return Err(
+                f.key_err("llama.attention.value_length", format!("{v} differs from the key length {head_dim}"))
+            );
         }
     }
     if let Some(r) = opt("rope.dimension_count", MAX_DIM)? {
         if r != head_dim {
-            return Err(f.key_err("llama.rope.dimension_count", format!("{r} differs from the head size {head_dim}: partial rotary embeddings are not supported")));
+            return Err(f.key_err(
+                "llama.rope.dimension_count",
+                format!("{r} differs from the head size {head_dim}: partial rotary embeddings are not supported"),
+            ));
         }
     }
     let eps = f
@@ -200,7 +210,12 @@ pub fn config_json(f: &GgufFile, vocab: usize) -> Result<serde_json::Value> {
                     .ok_or_else(|| f.key_err("llama.rope.scaling.factor", "missing for linear RoPE scaling"))?;
                 Some(json!({"rope_type": "linear", "factor": factor}))
             }
-            other => return Err(f.key_err("llama.rope.scaling.type", format!("RoPE scaling `{other}` is not supported (none, linear)"))),
+            other => {
+                return Err(f.key_err(
+                    "llama.rope.scaling.type",
+                    format!("RoPE scaling `{other}` is not supported (none, linear)"),
+                ))
+            }
         },
     };
     if let Some(v) = f.opt_uint("llama.vocab_size", u32::MAX as u64)? {
@@ -252,7 +267,10 @@ pub fn open(path: &Path, opts: GgufOptions) -> Result<Model> {
 pub fn model_from_file(f: &GgufFile, opts: GgufOptions) -> Result<Model> {
     let t0 = std::time::Instant::now();
     if !matches!(opts.dtype, DType::F32 | DType::BF16) {
-        return Err(PipelineError::Invalid { what: "GGUF load dtype", msg: format!("{:?}; use F32 or BF16", opts.dtype) });
+        return Err(PipelineError::Invalid {
+            what: "GGUF load dtype",
+            msg: format!("{:?}; use F32 or BF16", opts.dtype),
+        });
     }
     let path = f.path().to_path_buf();
     // Architecture first: a file of another architecture is refused by that name.
@@ -264,14 +282,20 @@ pub fn model_from_file(f: &GgufFile, opts: GgufOptions) -> Result<Model> {
         .tensor_info("token_embd.weight")
         .ok_or_else(|| f.err(f.metadata_end(), "tensor `token_embd.weight` is missing"))?;
     if embd.ne.len() != 2 {
-        return Err(f.err(embd.info_offset, format!("tensor `token_embd.weight` has dimensions {:?}, expected 2", embd.ne)));
+        return Err(
+            f.err(embd.info_offset, format!("tensor `token_embd.weight` has dimensions {:?}, expected 2", embd.ne))
+        );
     }
     let embd_rows = embd.ne[1] as usize;
     // The tokenizer must fit the embedding.
     let tok = if f.value("tokenizer.ggml.model").is_some() || f.value("tokenizer.ggml.tokens").is_some() {
         let n = match f.value("tokenizer.ggml.tokens") {
             Some(Value::Array(ValueType::String, items)) => items.len(),
-            Some(v) => return Err(f.key_err("tokenizer.ggml.tokens", format!("expected an array of strings, got {}", v.type_desc()))),
+            Some(v) => {
+                return Err(
+                    f.key_err("tokenizer.ggml.tokens", format!("expected an array of strings, got {}", v.type_desc()))
+                )
+            }
             None => return Err(f.key_err("tokenizer.ggml.tokens", "missing")),
         };
         if n != embd_rows {
@@ -322,13 +346,18 @@ pub fn model_from_file(f: &GgufFile, opts: GgufOptions) -> Result<Model> {
                 "tensor `rope_freqs.weight` (llama.cpp's per-frequency RoPE factors, e.g. Llama 3.1 scaling) is not supported",
             ));
         }
-        let hf = hf_name(&t.name)
-            .filter(|n| expected.contains_key(n))
-            .ok_or_else(|| f.err(t.info_offset, format!("tensor `{}` is not part of a llama model with this config", t.name)))?;
+        let hf = hf_name(&t.name).filter(|n| expected.contains_key(n)).ok_or_else(|| {
+            f.err(t.info_offset, format!("tensor `{}` is not part of a llama model with this config", t.name))
+        })?;
         if !t.ggml_type.is_supported() {
             return Err(f.err(
                 t.info_offset,
-                format!("tensor `{}` has type {}, which is not supported (supported: {})", t.name, t.ggml_type, GgmlType::supported_names()),
+                format!(
+                    "tensor `{}` has type {}, which is not supported (supported: {})",
+                    t.name,
+                    t.ggml_type,
+                    GgmlType::supported_names()
+                ),
             ));
         }
         let want = &expected[&hf];
@@ -346,7 +375,11 @@ pub fn model_from_file(f: &GgufFile, opts: GgufOptions) -> Result<Model> {
         missing.sort();
         return Err(f.err(
             f.metadata_end(),
-            format!("{} tensors are missing, first: {} (GGUF name of a Hugging Face tensor)", missing.len(), missing[0]),
+            format!(
+                "{} tensors are missing, first: {} (GGUF name of a Hugging Face tensor)",
+                missing.len(),
+                missing[0]
+            ),
         ));
     }
 

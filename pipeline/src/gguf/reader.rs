@@ -297,20 +297,28 @@ fn gguf_err(path: &Path, offset: u64, msg: impl Into<String>) -> PipelineError {
 impl GgufFile {
     /// Memory-maps and parses `path`. Tensor data is not read.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "open", source })?;
-        let len = file
-            .metadata()
-            .map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "stat", source })?
-            .len();
+        let file = std::fs::File::open(path).map_err(|source| PipelineError::Io {
+            path: path.to_path_buf(),
+            op: "open",
+            source,
+        })?;
+        let len =
+            file.metadata().map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "stat", source })?.len();
         if len < HEADER_LEN as u64 {
             // Checked before mapping: an empty file cannot be mapped on every platform.
-            return Err(gguf_err(path, len, format!("truncated header: the file has {len} bytes, a GGUF header needs {HEADER_LEN}")));
+            return Err(gguf_err(
+                path,
+                len,
+                format!("truncated header: the file has {len} bytes, a GGUF header needs {HEADER_LEN}"),
+            ));
         }
         // SAFETY: the map is read-only; like every loader that maps model files, this assumes the
         // file is not truncated by someone else while it is open.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "mmap", source })?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| PipelineError::Io {
+            path: path.to_path_buf(),
+            op: "mmap",
+            source,
+        })?;
         Self::parse(Arc::new(map), path)
     }
 
@@ -324,7 +332,17 @@ impl GgufFile {
         let (version, metadata, tensors, alignment, data_offset) = parsed;
         let meta_index = metadata.iter().enumerate().map(|(i, e)| (e.key.clone(), i)).collect();
         let tensor_index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(GgufFile { path: path.to_path_buf(), bytes, version, metadata, meta_index, tensors, tensor_index, alignment, data_offset })
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            bytes,
+            version,
+            metadata,
+            meta_index,
+            tensors,
+            tensor_index,
+            alignment,
+            data_offset,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -425,7 +443,12 @@ impl<'a> Parser<'a> {
         if n > self.remaining() {
             return Err(self.err(
                 self.pos,
-                format!("truncated: {} needs {n} bytes, only {} remain in the {}-byte file", what(), self.remaining(), self.buf.len()),
+                format!(
+                    "truncated: {} needs {n} bytes, only {} remain in the {}-byte file",
+                    what(),
+                    self.remaining(),
+                    self.buf.len()
+                ),
             ));
         }
         let s = &self.buf[self.pos..self.pos + n];
@@ -448,7 +471,12 @@ impl<'a> Parser<'a> {
         if len > self.remaining() as u64 {
             return Err(self.err(
                 at,
-                format!("{} has length {len}, but only {} bytes remain in the {}-byte file", what(), self.remaining(), self.buf.len()),
+                format!(
+                    "{} has length {len}, but only {} bytes remain in the {}-byte file",
+                    what(),
+                    self.remaining(),
+                    self.buf.len()
+                ),
             ));
         }
         let start = self.pos;
@@ -484,10 +512,16 @@ impl<'a> Parser<'a> {
         let kv_count = self.u64(&header)?;
         // Minimum sizes: a kv is a key (8) + type (4) + 1 byte; a tensor info 8 + 4 + 4 + 8.
         if kv_count > (self.remaining() / 13) as u64 {
-            return Err(self.err(16, format!("metadata count {kv_count} cannot fit in the {} bytes after the header", self.remaining())));
+            return Err(self.err(
+                16,
+                format!("metadata count {kv_count} cannot fit in the {} bytes after the header", self.remaining()),
+            ));
         }
         if tensor_count > (self.remaining() / 24) as u64 {
-            return Err(self.err(8, format!("tensor count {tensor_count} cannot fit in the {} bytes after the header", self.remaining())));
+            return Err(self.err(
+                8,
+                format!("tensor count {tensor_count} cannot fit in the {} bytes after the header", self.remaining()),
+            ));
         }
 
         let mut metadata = Vec::with_capacity(kv_count as usize);
@@ -514,7 +548,9 @@ impl<'a> Parser<'a> {
                 ref v => {
                     return Err(self.err(
                         e.offset as usize,
-                        format!("metadata `general.alignment` must be a uint32 power of two up to {MAX_ALIGNMENT}, got {v:?}"),
+                        format!(
+                        "metadata `general.alignment` must be a uint32 power of two up to {MAX_ALIGNMENT}, got {v:?}"
+                    ),
                     ))
                 }
             },
@@ -531,7 +567,9 @@ impl<'a> Parser<'a> {
             let dims_at = self.pos;
             let n_dims = self.u32(&|| format!("the dimension count of tensor `{name}`"))?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(self.err(dims_at, format!("tensor `{name}` has {n_dims} dimensions (1..={MAX_DIMS} allowed)")));
+                return Err(
+                    self.err(dims_at, format!("tensor `{name}` has {n_dims} dimensions (1..={MAX_DIMS} allowed)"))
+                );
             }
             let mut ne = Vec::with_capacity(n_dims as usize);
             for d in 0..n_dims {
@@ -539,13 +577,15 @@ impl<'a> Parser<'a> {
             }
             let numel = ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).filter(|&n| n < (1u64 << 62));
             let Some(numel) = numel else {
-                return Err(self.err(dims_at + 4, format!("tensor `{name}` has dimensions {ne:?}, whose element count overflows")));
+                return Err(self.err(
+                    dims_at + 4,
+                    format!("tensor `{name}` has dimensions {ne:?}, whose element count overflows"),
+                ));
             };
             let type_at = self.pos;
             let code = self.u32(&|| format!("the type of tensor `{name}`"))?;
-            let ggml_type = GgmlType::from_u32(code).ok_or_else(|| {
-                self.err(type_at, format!("tensor `{name}` has unknown ggml type {code}"))
-            })?;
+            let ggml_type = GgmlType::from_u32(code)
+                .ok_or_else(|| self.err(type_at, format!("tensor `{name}` has unknown ggml type {code}")))?;
             let (block_elems, block_bytes) = ggml_type.block();
             if ne[0] % block_elems as u64 != 0 {
                 return Err(self.err(
@@ -554,12 +594,17 @@ impl<'a> Parser<'a> {
                 ));
             }
             let Some(nbytes) = (numel / block_elems as u64).checked_mul(block_bytes as u64) else {
-                return Err(self.err(dims_at + 4, format!("tensor `{name}` has dimensions {ne:?}, whose byte size overflows")));
+                return Err(
+                    self.err(dims_at + 4, format!("tensor `{name}` has dimensions {ne:?}, whose byte size overflows"))
+                );
             };
             let offset_at = self.pos;
             let offset = self.u64(&|| format!("the data offset of tensor `{name}`"))?;
             if offset % alignment != 0 {
-                return Err(self.err(offset_at, format!("tensor `{name}` data offset {offset} is not a multiple of the alignment {alignment}")));
+                return Err(self.err(
+                    offset_at,
+                    format!("tensor `{name}` data offset {offset} is not a multiple of the alignment {alignment}"),
+                ));
             }
             names.insert(name.clone(), tensors.len());
             tensors.push(TensorInfo { name, ne, ggml_type, offset, nbytes, info_offset: info_at as u64 });
@@ -571,7 +616,9 @@ impl<'a> Parser<'a> {
         if !tensors.is_empty() && data_offset > file_len {
             return Err(self.err(
                 self.pos,
-                format!("truncated: the tensor data section starts at byte {data_offset} but the file has {file_len} bytes"),
+                format!(
+                    "truncated: the tensor data section starts at byte {data_offset} but the file has {file_len} bytes"
+                ),
             ));
         }
         let data_len = file_len.saturating_sub(data_offset);

@@ -48,7 +48,8 @@ pub const TOKEN_TYPE_BYTE: i32 = 6;
 /// Llama 3's pre-tokenizer regex (digits in groups of up to three).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's (single digits).
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// GPT-4o's (also Llama 4).
 const GPT4O_SPLIT: &str = concat!(
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
@@ -66,8 +67,8 @@ const TEKKEN_SPLIT: &str = concat!(
 /// names (e.g. SmolLM2's `smollm`) keep GPT-2's byte-level regex, as in transformers.
 pub fn pre_split_regex(pre: &str) -> Option<&'static str> {
     Some(match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano"
-        | "dbrx" | "smaug-bpe" => LLAMA3_SPLIT,
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
+        | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3_SPLIT,
         "tekken" => TEKKEN_SPLIT,
         "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => QWEN2_SPLIT,
         "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => GPT4O_SPLIT,
@@ -153,7 +154,8 @@ pub fn from_gguf(f: &GgufFile) -> Result<GgufTokenizer> {
             ))
         }
     };
-    let tokens = string_array(f, "tokenizer.ggml.tokens")?.ok_or_else(|| f.key_err("tokenizer.ggml.tokens", "missing"))?;
+    let tokens =
+        string_array(f, "tokenizer.ggml.tokens")?.ok_or_else(|| f.key_err("tokenizer.ggml.tokens", "missing"))?;
     let n = tokens.len();
     if n == 0 || n > u32::MAX as usize {
         return Err(f.key_err("tokenizer.ggml.tokens", format!("{n} tokens")));
@@ -187,7 +189,13 @@ pub fn from_gguf(f: &GgufFile) -> Result<GgufTokenizer> {
     let spelled: Vec<String> = if byte_level {
         tokens
             .iter()
-            .map(|t| if t.chars().all(|c| alphabet.contains(&c)) { t.to_string() } else { t.bytes().map(|b| b2c[b as usize]).collect() })
+            .map(|t| {
+                if t.chars().all(|c| alphabet.contains(&c)) {
+                    t.to_string()
+                } else {
+                    t.bytes().map(|b| b2c[b as usize]).collect()
+                }
+            })
             .collect()
     } else {
         tokens.iter().map(|t| t.to_string()).collect()
@@ -220,11 +228,16 @@ pub fn from_gguf(f: &GgufFile) -> Result<GgufTokenizer> {
             out
         }
         None if byte_level => {
-            return Err(f.key_err("tokenizer.ggml.merges", "missing: a gpt2 (byte-level BPE) tokenizer needs its merges"))
+            return Err(
+                f.key_err("tokenizer.ggml.merges", "missing: a gpt2 (byte-level BPE) tokenizer needs its merges")
+            )
         }
         None => {
             let scores = scores.as_ref().ok_or_else(|| {
-                f.key_err("tokenizer.ggml.scores", "missing: a llama tokenizer without merges needs scores to derive them")
+                f.key_err(
+                    "tokenizer.ggml.scores",
+                    "missing: a llama tokenizer without merges needs scores to derive them",
+                )
             })?;
             generate_merges(&tokens, scores)
         }
@@ -381,9 +394,7 @@ pub fn generate_merges(tokens: &[&str], scores: &[f64]) -> Vec<(String, String)>
         merges.extend(local);
     }
     // Python's sort(reverse=True) is stable: equal keys keep their order.
-    merges.sort_by(|a, b| {
-        b.score.total_cmp(&a.score).then(b.ll.cmp(&a.ll)).then(b.rl.cmp(&a.rl))
-    });
+    merges.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.ll.cmp(&a.ll)).then(b.rl.cmp(&a.rl)));
     merges.into_iter().map(|m| (m.l.to_string(), m.r.to_string())).collect()
 }
 

@@ -163,7 +163,9 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Vec<u8> {
     match ty {
         GgmlType::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         GgmlType::F16 => values.iter().for_each(|v| out.extend_from_slice(&f16_bytes(*v))),
-        GgmlType::BF16 => values.iter().for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes())),
+        GgmlType::BF16 => {
+            values.iter().for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes()))
+        }
         GgmlType::Q8_0 => {
             for b in values.chunks_exact(32) {
                 let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -54,9 +54,20 @@ mod tests {
             assert_eq!(round_trip(&c), c, "{name}");
             for rope in [
                 RopeScaling::Linear { factor: 2.5 },
-                RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 },
+                RopeScaling::Llama3 {
+                    factor: 8.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 8192.0,
+                },
             ] {
-                let c2 = ModelConfig { rope_scaling: rope, rms_norm_eps: 1.234567e-6, rope_theta: 500000.0, bos_token_id: None, ..c.clone() };
+                let c2 = ModelConfig {
+                    rope_scaling: rope,
+                    rms_norm_eps: 1.234567e-6,
+                    rope_theta: 500000.0,
+                    bos_token_id: None,
+                    ..c.clone()
+                };
                 assert_eq!(round_trip(&c2), c2, "{name}");
             }
         }

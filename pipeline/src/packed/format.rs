@@ -99,18 +99,38 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// (at least `PREAMBLE_BYTES` of them, or the whole file if shorter).
 pub fn parse_preamble(path: &Path, bytes: &[u8], file_len: u64) -> Result<Preamble> {
     if file_len < PREAMBLE_BYTES as u64 || bytes.len() < PREAMBLE_BYTES {
-        return Err(packed_err(path, 0, format!("file is {file_len} bytes, shorter than the {PREAMBLE_BYTES}-byte preamble (truncated?)")));
+        return Err(packed_err(
+            path,
+            0,
+            format!("file is {file_len} bytes, shorter than the {PREAMBLE_BYTES}-byte preamble (truncated?)"),
+        ));
     }
     if bytes[..8] != MAGIC {
-        return Err(packed_err(path, 0, format!("magic {:?} is not {:?}: not a faascale packed file", String::from_utf8_lossy(&bytes[..8]), "FSCLPACK")));
+        return Err(packed_err(
+            path,
+            0,
+            format!(
+                "magic {:?} is not {:?}: not a faascale packed file",
+                String::from_utf8_lossy(&bytes[..8]),
+                "FSCLPACK"
+            ),
+        ));
     }
     let version = u32_at(bytes, 8);
     if version != VERSION {
-        return Err(packed_err(path, VERSION_OFFSET, format!("unknown format version {version} (this build reads version {VERSION})")));
+        return Err(packed_err(
+            path,
+            VERSION_OFFSET,
+            format!("unknown format version {version} (this build reads version {VERSION})"),
+        ));
     }
     let flags = u32_at(bytes, 12);
     if flags != 0 {
-        return Err(packed_err(path, FLAGS_OFFSET, format!("flags {flags:#x} are not 0 (written by a newer faascale?)")));
+        return Err(packed_err(
+            path,
+            FLAGS_OFFSET,
+            format!("flags {flags:#x} are not 0 (written by a newer faascale?)"),
+        ));
     }
     let reserved = u32_at(bytes, 28);
     if reserved != 0 {
@@ -118,7 +138,11 @@ pub fn parse_preamble(path: &Path, bytes: &[u8], file_len: u64) -> Result<Preamb
     }
     let header_len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
     if header_len == 0 || header_len > MAX_HEADER_BYTES {
-        return Err(packed_err(path, HEADER_LEN_OFFSET, format!("header length {header_len} is not in 1 ..= {MAX_HEADER_BYTES}")));
+        return Err(packed_err(
+            path,
+            HEADER_LEN_OFFSET,
+            format!("header length {header_len} is not in 1 ..= {MAX_HEADER_BYTES}"),
+        ));
     }
     if header_len > file_len - PREAMBLE_BYTES as u64 {
         return Err(packed_err(
@@ -145,14 +169,21 @@ pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<ValidHea
     let start = PREAMBLE_BYTES as u64;
     let end = start + pre.header_len; // ≤ file_len, checked by parse_preamble
     let header_bytes = bytes.get(start as usize..end as usize).ok_or_else(|| {
-        packed_err(path, start, format!("only {} of the file's bytes are available, the header needs {end}", bytes.len()))
+        packed_err(
+            path,
+            start,
+            format!("only {} of the file's bytes are available, the header needs {end}", bytes.len()),
+        )
     })?;
     let crc = crc32c::crc32c(header_bytes);
     if crc != pre.header_crc {
         return Err(packed_err(
             path,
             start,
-            format!("header checksum mismatch: crc32c {crc:#010x}, the preamble says {:#010x} (corrupt header)", pre.header_crc),
+            format!(
+                "header checksum mismatch: crc32c {crc:#010x}, the preamble says {:#010x} (corrupt header)",
+                pre.header_crc
+            ),
         ));
     }
     let header: PackedHeader = serde_json::from_slice(header_bytes)
@@ -167,7 +198,9 @@ pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<ValidHea
     })?;
     let data_offset = layout.data_offset();
     if data_offset < end {
-        return Err(at_header(format!("the first execution block starts at byte {data_offset}, inside the header (which ends at {end})")));
+        return Err(at_header(format!(
+            "the first execution block starts at byte {data_offset}, inside the header (which ends at {end})"
+        )));
     }
     let data_end = layout.end_offset();
     if data_end != file_len {
@@ -215,7 +248,10 @@ pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<ValidHea
             .try_fold(dtype.size_bytes() as u64, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| bad(format!("shape {:?} overflows", t.shape)))?;
         if want != t.len {
-            return Err(bad(format!("shape {:?} of {} needs {want} bytes, the index says {}", t.shape, t.dtype, t.len)));
+            return Err(bad(format!(
+                "shape {:?} of {} needs {want} bytes, the index says {}",
+                t.shape, t.dtype, t.len
+            )));
         }
         let block = layout
             .exec_blocks

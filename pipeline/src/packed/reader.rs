@@ -54,8 +54,13 @@ impl PackedFile {
     /// Maps `path` and validates its preamble, header, block table and tensor index against
     /// the file's size. No block is checked or present yet.
     pub fn open_header(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "open", source })?;
-        let len = file.metadata().map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "stat", source })?.len();
+        let file = std::fs::File::open(path).map_err(|source| PipelineError::Io {
+            path: path.to_path_buf(),
+            op: "open",
+            source,
+        })?;
+        let len =
+            file.metadata().map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "stat", source })?.len();
         if len < PREAMBLE_BYTES as u64 {
             return Err(PipelineError::Packed {
                 path: path.to_path_buf(),
@@ -66,8 +71,11 @@ impl PackedFile {
         // SAFETY: a read-only shared map. Another process truncating the file while it is
         // mapped would fault (SIGBUS) on access; that is the usual mmap contract, and faascale
         // only ever writes blocks into a packed file, never shrinks it.
-        let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }
-            .map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "mmap", source })?;
+        let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|source| PipelineError::Io {
+            path: path.to_path_buf(),
+            op: "mmap",
+            source,
+        })?;
         Self::from_bytes(path, Arc::new(mmap))
     }
 
@@ -114,12 +122,20 @@ impl PackedFile {
     }
 
     fn no_such(&self, what: &'static str, id: usize, count: usize) -> PipelineError {
-        PipelineError::Invalid { what, msg: format!("{}: {what} {id} does not exist ({count} of them)", self.path.display()) }
+        PipelineError::Invalid {
+            what,
+            msg: format!("{}: {what} {id} does not exist ({count} of them)", self.path.display()),
+        }
     }
 
     /// Checks transfer block `id`'s bytes against its crc32c, without marking it present.
     pub fn verify_transfer_block(&self, id: usize) -> Result<()> {
-        let t = self.header.layout.transfer_blocks.get(id).ok_or_else(|| self.no_such("transfer block", id, self.present.len()))?;
+        let t = self
+            .header
+            .layout
+            .transfer_blocks
+            .get(id)
+            .ok_or_else(|| self.no_such("transfer block", id, self.present.len()))?;
         // In bounds: the layout was checked to end exactly at the end of the bytes.
         let got = crc32c::crc32c(&self.bytes()[t.offset as usize..t.end() as usize]);
         if got != t.crc32c {
@@ -200,7 +216,12 @@ impl PackedFile {
         let e = &self.header.tensors[i];
         let got: Vec<usize> = e.shape.iter().map(|&d| d as usize).collect();
         if got != shape || e.shape.iter().any(|&d| d > usize::MAX as u64) {
-            return Err(PipelineError::TensorShape { path: self.path.clone(), tensor: e.name.clone(), expected: shape.to_vec(), got });
+            return Err(PipelineError::TensorShape {
+                path: self.path.clone(),
+                tensor: e.name.clone(),
+                expected: shape.to_vec(),
+                got,
+            });
         }
         let start = self.header.layout.exec_blocks[e.block as usize].offset + e.offset;
         // In bounds: the header check put every tensor inside its block, every block in the file.

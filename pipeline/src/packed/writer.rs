@@ -137,7 +137,10 @@ pub fn pack(
         let t = model.weights.tensor(&s.source_name, &s.shape)?;
         let len = t.bytes().len() as u64;
         if len != (t.numel() * t.dtype.size_bytes()) as u64 {
-            return Err(invalid(format!("tensor `{}` holds {len} bytes for shape {:?} of {:?}", s.source_name, s.shape, t.dtype)));
+            return Err(invalid(format!(
+                "tensor `{}` holds {len} bytes for shape {:?} of {:?}",
+                s.source_name, s.shape, t.dtype
+            )));
         }
         let offset = round_up(payload[s.block], TENSOR_ALIGN_BYTES);
         payload[s.block] = offset + len;
@@ -208,7 +211,8 @@ pub fn pack(
     // ---- pass 2: stream the blocks ----
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let file_name = out.file_name().ok_or_else(|| invalid(format!("{} has no file name", out.display())))?;
-    let tmp = TempFile { path: dir.join(format!(".{}.tmp{}", file_name.to_string_lossy(), std::process::id())), keep: false };
+    let tmp =
+        TempFile { path: dir.join(format!(".{}.tmp{}", file_name.to_string_lossy(), std::process::id())), keep: false };
     let file = std::fs::File::create(&tmp.path).map_err(io_err(&tmp.path, "create"))?;
     let mut w = BufWriter::with_capacity(8 << 20, file);
     w.seek(SeekFrom::Start(data_offset)).map_err(io_err(&tmp.path, "seek"))?;
@@ -236,7 +240,13 @@ pub fn pack(
         assert_eq!(crc.crcs.len(), lens.len(), "every transfer block of block {b} checksummed");
         crcs.extend_from_slice(&crc.crcs);
         done += eb.len;
-        progress(&PackProgress { block: b, num_blocks, bytes_done: done, total_bytes: layout.total_bytes, elapsed_s: t0.elapsed().as_secs_f64() });
+        progress(&PackProgress {
+            block: b,
+            num_blocks,
+            bytes_done: done,
+            total_bytes: layout.total_bytes,
+            elapsed_s: t0.elapsed().as_secs_f64(),
+        });
     }
     assert_eq!(next_entry, header.tensors.len(), "tensors are listed block by block");
 
@@ -251,7 +261,11 @@ pub fn pack(
     w.seek(SeekFrom::Start(0)).map_err(io_err(&tmp.path, "seek"))?;
     w.write_all(&pre.encode()).map_err(io_err(&tmp.path, "write"))?;
     w.write_all(&header_bytes).map_err(io_err(&tmp.path, "write"))?;
-    let file = w.into_inner().map_err(|e| PipelineError::Io { path: tmp.path.clone(), op: "write", source: e.into_error() })?;
+    let file = w.into_inner().map_err(|e| PipelineError::Io {
+        path: tmp.path.clone(),
+        op: "write",
+        source: e.into_error(),
+    })?;
     file.sync_all().map_err(io_err(&tmp.path, "sync"))?;
     let file_bytes = file.metadata().map_err(io_err(&tmp.path, "stat"))?.len();
     if file_bytes != header.layout.end_offset() {

@@ -65,7 +65,8 @@ fn chat_prompt(model: &Model, tok: &pipeline::tokenizer::Tokenizer, text: &str) 
     let token = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
     let bos = token(model.config.bos_token_id);
     let eos = token(model.config.eos_token_ids.first().copied());
-    pipeline::chat::render(template, &[pipeline::chat::Message::user(text)], true, &bos, &eos).map_err(|e| e.to_string())
+    pipeline::chat::render(template, &[pipeline::chat::Message::user(text)], true, &bos, &eos)
+        .map_err(|e| e.to_string())
 }
 
 pub fn run(a: Args) -> Result<(), String> {

@@ -194,11 +194,19 @@ fn print_human(v: &Value) {
     );
     for b in p["blocks"].as_array().into_iter().flatten() {
         let tbs = b["transfer_blocks"].as_array().cloned().unwrap_or_default();
-        let crcs: Vec<String> = tbs.iter().take(4).map(|t| format!("{:08x}", t["crc32c"].as_u64().unwrap_or(0))).collect();
+        let crcs: Vec<String> =
+            tbs.iter().take(4).map(|t| format!("{:08x}", t["crc32c"].as_u64().unwrap_or(0))).collect();
         let more = if tbs.len() > 4 { format!(" …(+{})", tbs.len() - 4) } else { String::new() };
         println!(
             "  block {:>3}  layers [{}, {})  bytes {}+{}  {} tensors  {} transfer blocks  crc32c {}{more}",
-            b["id"].as_u64().unwrap_or(0), b["layers"][0], b["layers"][1], b["offset"], b["bytes"], b["tensors"], tbs.len(), crcs.join(" ")
+            b["id"].as_u64().unwrap_or(0),
+            b["layers"][0],
+            b["layers"][1],
+            b["offset"],
+            b["bytes"],
+            b["tensors"],
+            tbs.len(),
+            crcs.join(" ")
         );
     }
 }

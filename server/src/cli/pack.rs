@@ -48,7 +48,6 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("`{s}`: too large"))
 }
 
-
 pub fn run(a: Args) -> Result<(), String> {
     let chunk = a.chunk_bytes.as_deref().map(parse_bytes).transpose().map_err(|e| format!("--chunk-bytes {e}"))?;
     let t_open = std::time::Instant::now();

@@ -50,7 +50,12 @@ pub fn run(a: Args) -> Result<(), String> {
     let t = std::time::Instant::now();
     let cfg = synth::write_checkpoint(&a.out, config, dtype, a.seed).map_err(|e| e.to_string())?;
     let bytes: u64 = std::fs::metadata(a.out.join("model.safetensors")).map(|m| m.len()).unwrap_or(0);
-    log::info!("wrote {} ({} parameters, {bytes} bytes) in {:.2}s", a.out.display(), cfg.parameter_count(), t.elapsed().as_secs_f64());
+    log::info!(
+        "wrote {} ({} parameters, {bytes} bytes) in {:.2}s",
+        a.out.display(),
+        cfg.parameter_count(),
+        t.elapsed().as_secs_f64()
+    );
     if a.json {
         println!(
             "{}",
