@@ -11,7 +11,6 @@ use kernels::DType;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Header JSON larger than this is refused (real headers are well under a few MB).
 const MAX_HEADER_BYTES: u64 = 100 << 20;
@@ -56,29 +55,7 @@ fn dtype_size_by_name(name: &str) -> Option<usize> {
 impl SafetensorsFile {
     /// Maps `path` read-only and validates its header. No tensor data is copied.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|source| PipelineError::Io {
-            path: path.to_path_buf(),
-            op: "open",
-            source,
-        })?;
-        let len =
-            file.metadata().map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "stat", source })?.len();
-        if len < 8 {
-            return Err(PipelineError::Safetensors {
-                path: path.to_path_buf(),
-                offset: 0,
-                msg: format!("file is {len} bytes, shorter than the 8-byte header length"),
-            });
-        }
-        // SAFETY: the map is read-only and private. Another process truncating the file
-        // while we hold the map would fault (SIGBUS); that is the usual mmap contract and
-        // model files are not rewritten in place by faascale.
-        let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|source| PipelineError::Io {
-            path: path.to_path_buf(),
-            op: "mmap",
-            source,
-        })?;
-        Self::from_bytes(path, Arc::new(mmap))
+        Self::from_bytes(path, crate::tensor::map_file(path)?)
     }
 
     /// Validates a safetensors image already in memory.
@@ -319,7 +296,7 @@ mod tests {
     }
 
     fn open(bytes: Vec<u8>) -> Result<SafetensorsFile> {
-        SafetensorsFile::from_bytes(Path::new("t.safetensors"), Arc::new(bytes))
+        SafetensorsFile::from_bytes(Path::new("t.safetensors"), std::sync::Arc::new(bytes))
     }
 
     #[test]

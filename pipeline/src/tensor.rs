@@ -7,6 +7,21 @@ use std::sync::Arc;
 /// Bytes shared between tensors: a memory map or an owned buffer.
 pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
+/// Maps a model file read-only. An empty file gives an empty buffer (not every platform maps
+/// zero bytes), so each format's parser reports it as truncated, with its own words.
+pub fn map_file(path: &std::path::Path) -> Result<SharedBytes> {
+    let io = |op, source| PipelineError::Io { path: path.to_path_buf(), op, source };
+    let file = std::fs::File::open(path).map_err(|e| io("open", e))?;
+    if file.metadata().map_err(|e| io("stat", e))?.len() == 0 {
+        return Ok(Arc::new(Vec::<u8>::new()));
+    }
+    // SAFETY: a read-only map. Another process truncating the file while it is mapped would
+    // fault (SIGBUS) on access; that is the usual mmap contract for model files, and faascale
+    // never shrinks or rewrites a model file in place (packing writes a new file and renames).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io("mmap", e))?;
+    Ok(Arc::new(map))
+}
+
 #[derive(Clone)]
 pub struct Tensor {
     buf: SharedBytes,

@@ -297,29 +297,7 @@ fn gguf_err(path: &Path, offset: u64, msg: impl Into<String>) -> PipelineError {
 impl GgufFile {
     /// Memory-maps and parses `path`. Tensor data is not read.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|source| PipelineError::Io {
-            path: path.to_path_buf(),
-            op: "open",
-            source,
-        })?;
-        let len =
-            file.metadata().map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "stat", source })?.len();
-        if len < HEADER_LEN as u64 {
-            // Checked before mapping: an empty file cannot be mapped on every platform.
-            return Err(gguf_err(
-                path,
-                len,
-                format!("truncated header: the file has {len} bytes, a GGUF header needs {HEADER_LEN}"),
-            ));
-        }
-        // SAFETY: the map is read-only; like every loader that maps model files, this assumes the
-        // file is not truncated by someone else while it is open.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| PipelineError::Io {
-            path: path.to_path_buf(),
-            op: "mmap",
-            source,
-        })?;
-        Self::parse(Arc::new(map), path)
+        Self::parse(crate::tensor::map_file(path)?, path)
     }
 
     /// Parses a GGUF image held in memory; `path` names it in errors.

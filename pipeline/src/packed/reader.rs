@@ -1,6 +1,6 @@
 //! Reading packed files: whole (`open`) or block by block as blocks arrive (`PackedFile`).
 
-use super::format::{parse_header, PackedHeader, ValidHeader, MAGIC, PREAMBLE_BYTES};
+use super::format::{parse_header, PackedHeader, ValidHeader, MAGIC};
 use super::tensors::{EMBED, LM_HEAD};
 use crate::config::ModelConfig;
 use crate::error::{PipelineError, Result};
@@ -54,29 +54,7 @@ impl PackedFile {
     /// Maps `path` and validates its preamble, header, block table and tensor index against
     /// the file's size. No block is checked or present yet.
     pub fn open_header(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|source| PipelineError::Io {
-            path: path.to_path_buf(),
-            op: "open",
-            source,
-        })?;
-        let len =
-            file.metadata().map_err(|source| PipelineError::Io { path: path.to_path_buf(), op: "stat", source })?.len();
-        if len < PREAMBLE_BYTES as u64 {
-            return Err(PipelineError::Packed {
-                path: path.to_path_buf(),
-                offset: 0,
-                msg: format!("file is {len} bytes, shorter than the {PREAMBLE_BYTES}-byte preamble (truncated?)"),
-            });
-        }
-        // SAFETY: a read-only shared map. Another process truncating the file while it is
-        // mapped would fault (SIGBUS) on access; that is the usual mmap contract, and faascale
-        // only ever writes blocks into a packed file, never shrinks it.
-        let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|source| PipelineError::Io {
-            path: path.to_path_buf(),
-            op: "mmap",
-            source,
-        })?;
-        Self::from_bytes(path, Arc::new(mmap))
+        Self::from_bytes(path, crate::tensor::map_file(path)?)
     }
 
     /// Validates a packed-file image held in memory; `path` names it in errors.
