@@ -31,6 +31,9 @@ use std::time::{Duration, Instant};
 /// Environment variable with the default number of threads.
 pub const THREADS_ENV: &str = "FAASCALE_THREADS";
 
+/// Upper bound on `FAASCALE_THREADS`, so a typo cannot spawn a hundred thousand threads.
+pub const MAX_THREADS: usize = 1024;
+
 /// How long an idle thread spins before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
 
@@ -144,12 +147,13 @@ impl Pool {
     }
 
     /// `FAASCALE_THREADS` if set to a positive integer, else the available parallelism.
+    /// `FAASCALE_THREADS` if set to 1..=MAX_THREADS, else every core.
     pub fn default_threads() -> usize {
         if let Ok(s) = std::env::var(THREADS_ENV) {
             match s.trim().parse::<usize>() {
-                Ok(n) if n >= 1 => return n,
+                Ok(n) if (1..=MAX_THREADS).contains(&n) => return n,
                 _ => {
-                    eprintln!("kernels: ignoring {THREADS_ENV}={s:?} (expected a positive integer)")
+                    eprintln!("kernels: ignoring {THREADS_ENV}={s:?} (expected an integer in 1..={MAX_THREADS})")
                 }
             }
         }
