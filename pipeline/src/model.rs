@@ -90,6 +90,16 @@ impl Model {
         let checkpoint = Checkpoint::open(dir)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
+        if let Some(t) = &tokenizer {
+            // A smaller tokenizer is fine (padded embeddings); a larger one would emit ids
+            // the model has no embedding for.
+            if t.vocab_size() > config.vocab_size {
+                return Err(PipelineError::Tokenizer {
+                    path: tok_path,
+                    msg: format!("{} tokens, but config.json has vocab_size {}", t.vocab_size(), config.vocab_size),
+                });
+            }
+        }
         let chat_template = read_chat_template(&dir.join("tokenizer_config.json"));
         Ok(Model {
             path: dir.to_path_buf(),

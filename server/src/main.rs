@@ -36,7 +36,29 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // A --json caller still gets its one line of JSON, even for arguments that do not parse.
+            let _ = e.print();
+            if std::env::args_os().any(|a| a == "--json") {
+                let text = e.render().to_string();
+                let first = text.split("\n\n").next().unwrap_or("invalid arguments");
+                let msg = first.trim_start_matches("error: ").split_whitespace().collect::<Vec<_>>().join(" ");
+                println!("{}", serde_json::json!({ "error": msg }));
+            }
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = logging::init(&cli.log) {
         eprintln!("error: {e}");
         return ExitCode::from(2);

@@ -155,17 +155,37 @@ fn bad_input_gets_a_clear_error_and_json() {
         let j = last_json(&out);
         assert!(j["error"].as_str().unwrap().contains(want), "{j}");
     }
-    // a missing required flag is refused by the argument parser
-    let out = faascale(&["generate", "--model", &dir, "--max-tokens", "2"]);
+    // arguments the parser refuses still end in one JSON line when --json was given
+    let out = faascale(&["generate", "--model", &dir, "--max-tokens", "2", "--json"]);
     assert!(!out.status.success());
+    assert!(
+        last_json(&out)["error"].as_str().unwrap().contains("--prompt"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"\xff\xfe");
+    let out = Command::new(env!("CARGO_BIN_EXE_faascale"))
+        .args(["generate", "--model", &dir, "--max-tokens", "2", "--json", "--prompt"])
+        .arg(bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(last_json(&out)["error"].as_str().unwrap().contains("UTF-8"));
 }
 
 #[test]
 fn generate_gives_the_same_tokens_from_a_packed_file() {
+    for source in [fixture("tiny-llama"), fixture("smollm2-gguf/tiny-spm.gguf")] {
+        same_tokens_packed_or_not(&source);
+    }
+}
+
+fn same_tokens_packed_or_not(dir: &str) {
+    let dir = dir.to_string();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = fixture("tiny-llama");
     let packed = tmp.path().join("tiny.fspack");
-    let out = faascale(&["pack", "--model", &dir, "-o", packed.to_str().unwrap(), "--blocks", "4", "--json"]);
+    let out = faascale(&["pack", "--model", &dir, "-o", packed.to_str().unwrap(), "--blocks", "2", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = |model: &str| {
         let out = faascale(&[
