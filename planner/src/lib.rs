@@ -1,11 +1,48 @@
 //! faascale planner: multicast and execution planning, pure Rust, no I/O.
 //!
-//! Today it holds the shared description of a model as blocks (`layout`): the contract
-//! between the packed file format (`pipeline`), the transport (`rdma`) and the planners.
-//! Multicast and execution planning (issue 4) are not implemented yet.
+//! - `layout`: a model as execution blocks and transfer blocks (the contract between the
+//!   packed file format, the transport and the planners).
+//! - `cluster`: `Cluster` (nodes, links, tiers) and `Holdings` (who holds which transfer block).
+//! - `multicast`: `MulticastPlan` (with `replan`) and the algorithms that build one.
+//! - `eval`: the one event-driven evaluator of plans.
+//! - `check`: an independent checker of plans and evaluations (for tests and fuzzing).
+//!
+//! Execution plans, the autoscaler and the simulator (issue 4, second half) are not here yet.
 
+pub mod check;
+pub mod cluster;
+pub mod eval;
 pub mod layout;
+pub mod multicast;
 
+pub use cluster::{Cluster, Holdings, ModelPlacement, Node, Tier, PLAN_TYPES_VERSION};
+pub use eval::{evaluate, Evaluation, DEFAULT_LATENCY_S};
 pub use layout::{
     default_chunk_bytes, ExecBlock, LayoutError, ModelLayout, TransferBlock, BLOCK_ALIGN_BYTES, MODEL_LAYOUT_VERSION,
 };
+pub use multicast::{plan, Algo, Endpoint, MulticastPlan, MulticastRequest, NodeSchedule, PlanError, Transfer};
+
+/// A model of `model_bytes` in `exec_blocks` equal execution blocks (one layer each), cut
+/// into transfer blocks of `chunk_bytes` (default: `default_chunk_bytes`).
+pub fn uniform_layout(
+    name: &str,
+    model_bytes: u64,
+    exec_blocks: usize,
+    chunk_bytes: Option<u64>,
+) -> Result<ModelLayout, LayoutError> {
+    if exec_blocks == 0 || exec_blocks > layout::MAX_EXEC_BLOCKS {
+        return Err(LayoutError::Invalid(format!(
+            "{exec_blocks} execution blocks; need 1 ..= {}",
+            layout::MAX_EXEC_BLOCKS
+        )));
+    }
+    if model_bytes == 0 {
+        return Err(LayoutError::Invalid("the model has 0 bytes".into()));
+    }
+    let chunk = chunk_bytes.unwrap_or_else(|| default_chunk_bytes(model_bytes, exec_blocks));
+    let per = model_bytes / exec_blocks as u64;
+    let rem = model_bytes % exec_blocks as u64;
+    let spec: Vec<(std::ops::Range<u32>, u64)> =
+        (0..exec_blocks).map(|i| (i as u32..i as u32 + 1, per + u64::from((i as u64) < rem))).collect();
+    ModelLayout::new(name, exec_blocks as u32, &spec, 0, chunk)
+}

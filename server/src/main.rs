@@ -33,6 +33,8 @@ enum Command {
     Pack(cli::pack::Args),
     /// Show a model's architecture, dtypes and, for a packed file, its blocks and checksums.
     Inspect(cli::inspect::Args),
+    /// Plan a block multicast of a model to new nodes and report its times.
+    Plan(cli::plan::Args),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => (a.json, cli::synth::run(a)),
         Command::Pack(a) => (a.json, cli::pack::run(a)),
         Command::Inspect(a) => (a.json, cli::inspect::run(a)),
+        Command::Plan(a) => (a.json, cli::plan::run(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

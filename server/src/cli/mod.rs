@@ -3,6 +3,7 @@
 pub mod generate;
 pub mod inspect;
 pub mod pack;
+pub mod plan;
 pub mod synth;
 
 /// `--dtype` for GGUF sources: what quantized weights are dequantized to.

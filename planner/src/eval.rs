@@ -1,0 +1,157 @@
+//! The one evaluator of multicast plans: event-driven, continuous time.
+//!
+//! Link model: each NIC sends one transfer at a time and receives one at a time, at
+//! min(sender NIC, receiver NIC) bytes/s, plus a fixed per-transfer latency. A node works
+//! through its sends and its receives in plan order; a transfer starts when its sender holds
+//! the block and both NICs are free. Local loads (host memory, SSD) use the receiver's PCIe
+//! path, one at a time, at PCIe (or min(SSD, PCIe)) bytes/s; remote-store loads take the
+//! store (one at a time at its full rate, so readers share it in turn) and the receiver's NIC.
+//! Because the plan's transfer order is topological and agrees with every node's order, one
+//! pass in that order computes exactly the times of this event-driven schedule.
+
+use crate::cluster::Cluster;
+use crate::multicast::{Endpoint, MulticastPlan};
+use serde::{Deserialize, Serialize};
+
+/// Default per-transfer latency (seconds).
+pub const DEFAULT_LATENCY_S: f64 = 10e-6;
+
+/// Times of one plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Every surviving receiver holds the whole model.
+    pub complete_s: f64,
+    /// The receivers together hold every block (execute-while-load can begin).
+    pub first_copy_s: f64,
+    /// Model bytes / the fastest rate at which the slowest receiver can ingest.
+    pub lower_bound_s: f64,
+    /// For each node, when it holds every block (`None`: never); sources: 0.
+    pub per_node_complete_s: Vec<Option<f64>>,
+    /// `(start, end)` of each transfer, by id.
+    pub transfer_times: Vec<(f64, f64)>,
+    /// `arrival[node * num_blocks + block]`: when the node holds the block (0 if it did at
+    /// the start of the epoch).
+    pub arrival: Vec<Option<f64>>,
+    pub num_blocks: usize,
+}
+
+impl Evaluation {
+    pub fn arrival(&self, node: usize, block: usize) -> Option<f64> {
+        self.arrival.get(node * self.num_blocks + block).copied().flatten()
+    }
+
+    /// What each node holds at time `t` (blocks that arrived by `t`).
+    pub fn holdings_at(&self, num_nodes: usize, t: f64) -> crate::Holdings {
+        let mut h = crate::Holdings::empty(num_nodes, self.num_blocks);
+        for x in 0..num_nodes {
+            for b in 0..self.num_blocks {
+                if let Some(a) = self.arrival(x, b).filter(|&a| a <= t) {
+                    h.set(x, b, a);
+                }
+            }
+        }
+        h
+    }
+}
+
+/// Evaluates `plan` on `cluster` with `latency_s` per transfer.
+pub fn evaluate(plan: &MulticastPlan, cluster: &Cluster, latency_s: f64) -> Result<Evaluation, String> {
+    let n = plan.num_nodes;
+    let nb = plan.num_blocks();
+    if cluster.nodes.len() != n {
+        return Err(format!("the plan has {n} nodes, the cluster {}", cluster.nodes.len()));
+    }
+    if !(latency_s.is_finite() && latency_s >= 0.0) {
+        return Err(format!("latency {latency_s} must be finite and not negative"));
+    }
+    if plan.initial.num_nodes != n || plan.initial.num_blocks != nb {
+        return Err("the plan's initial holdings do not match its size".into());
+    }
+    let mut arrival: Vec<Option<f64>> = (0..n * nb).map(|i| plan.initial.since[i].map(|_| 0.0)).collect();
+    let mut send_free = vec![0.0f64; n];
+    let mut recv_free = vec![0.0f64; n];
+    let mut local_free = vec![0.0f64; n];
+    let mut remote_free = 0.0f64;
+    let mut local_used = vec![false; n];
+    let mut times = Vec::with_capacity(plan.transfers.len());
+    for t in &plan.transfers {
+        let (to, blk) = (t.to as usize, t.block as usize);
+        if to >= n || blk >= nb {
+            return Err(format!("transfer {} names node {to} or block {blk} out of range", t.id));
+        }
+        let bytes = plan.block_bytes[blk] as f64;
+        let rx = &cluster.nodes[to];
+        let (start, end) = match t.from {
+            Endpoint::Node(s) => {
+                let s = s as usize;
+                if s >= n {
+                    return Err(format!("transfer {} sends from node {s}, which does not exist", t.id));
+                }
+                let held = arrival[s * nb + blk]
+                    .ok_or_else(|| format!("transfer {}: node {s} sends block {blk} it never holds before", t.id))?;
+                let start = held.max(send_free[s]).max(recv_free[to]);
+                let end = start + latency_s + bytes / cluster.nodes[s].nic_bps.min(rx.nic_bps);
+                send_free[s] = end;
+                recv_free[to] = end;
+                (start, end)
+            }
+            Endpoint::Host | Endpoint::Ssd => {
+                let rate = if t.from == Endpoint::Host { rx.pcie_bps } else { rx.ssd_bps.min(rx.pcie_bps) };
+                if rate <= 0.0 {
+                    return Err(format!("transfer {}: node {to} has no path for a local load", t.id));
+                }
+                local_used[to] = true;
+                let start = local_free[to];
+                let end = start + latency_s + bytes / rate;
+                local_free[to] = end;
+                (start, end)
+            }
+            Endpoint::Remote => {
+                let rate = cluster.remote_store_bps.min(rx.nic_bps);
+                if rate <= 0.0 {
+                    return Err(format!("transfer {}: the remote store has rate 0", t.id));
+                }
+                let start = remote_free.max(recv_free[to]);
+                let end = start + latency_s + bytes / rate;
+                remote_free = end;
+                recv_free[to] = end;
+                (start, end)
+            }
+        };
+        let a = &mut arrival[to * nb + blk];
+        *a = Some(a.map_or(end, |old: f64| old.min(end)));
+        times.push((start, end));
+    }
+    let per_node: Vec<Option<f64>> =
+        (0..n).map(|x| (0..nb).try_fold(0.0f64, |m, b| arrival[x * nb + b].map(|a| m.max(a)))).collect();
+    let mut complete: f64 = 0.0;
+    let mut lower: f64 = 0.0;
+    let model = plan.model_bytes() as f64;
+    for &r in &plan.receivers {
+        let r = r as usize;
+        complete = complete.max(per_node[r].unwrap_or(f64::INFINITY));
+        let node = &cluster.nodes[r];
+        let mut ingest = node.nic_bps;
+        if local_used[r] {
+            ingest = ingest.max(node.pcie_bps);
+        }
+        lower = lower.max(model / ingest);
+    }
+    let mut first_copy: f64 = 0.0;
+    if !plan.receivers.is_empty() {
+        for b in 0..nb {
+            let first =
+                plan.receivers.iter().filter_map(|&r| arrival[r as usize * nb + b]).fold(f64::INFINITY, f64::min);
+            first_copy = first_copy.max(first);
+        }
+    }
+    Ok(Evaluation {
+        complete_s: complete,
+        first_copy_s: first_copy,
+        lower_bound_s: lower,
+        per_node_complete_s: per_node,
+        transfer_times: times,
+        arrival,
+        num_blocks: nb,
+    })
+}

@@ -1,0 +1,139 @@
+//! `faascale plan`: JSON on the last stdout line, every algorithm, SVG output, clear errors.
+
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn faascale(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_faascale")).args(args).output().unwrap()
+}
+
+fn last_json(out: &Output) -> Value {
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let last =
+        stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
+}
+
+fn plan(extra: &[&str]) -> Output {
+    let mut args = vec![
+        "plan",
+        "--nodes",
+        "9",
+        "--sources",
+        "2",
+        "--model-bytes",
+        "100000000",
+        "--blocks",
+        "8",
+        "--link-gbps",
+        "400",
+    ];
+    args.extend_from_slice(extra);
+    faascale(&args)
+}
+
+#[test]
+fn every_algorithm_reports_times_at_or_above_the_bound() {
+    for algo in ["faascale", "binomial", "nccl", "faasnet", "serverlessllm"] {
+        let out = plan(&["--algo", algo, "--json", "--chunk-bytes", "4194304"]);
+        assert!(out.status.success(), "{algo}: {}", String::from_utf8_lossy(&out.stderr));
+        let v = last_json(&out);
+        let complete = v["complete_s"].as_f64().unwrap();
+        let first = v["first_copy_s"].as_f64().unwrap();
+        let lower = v["lower_bound_s"].as_f64().unwrap();
+        assert!(complete >= lower && first <= complete && lower > 0.0, "{algo}: {v}");
+        // 100 MB (padded to pages) at 50 GB/s
+        assert!((lower - 0.002).abs() < 1e-4, "{lower}");
+        let per_node = v["per_node_complete_s"].as_array().unwrap();
+        assert_eq!(per_node.len(), 9);
+        assert_eq!(per_node[0].as_f64(), Some(0.0), "sources hold the model from the start");
+        assert_eq!(v["transfer_blocks"], 24);
+        assert_eq!(v["algo"], algo);
+    }
+}
+
+#[test]
+fn faascale_first_copy_comes_early() {
+    let v = last_json(&plan(&["--algo", "faascale", "--json", "--chunk-bytes", "1048576"]));
+    let (first, complete) = (v["first_copy_s"].as_f64().unwrap(), v["complete_s"].as_f64().unwrap());
+    assert!(first < 0.75 * complete, "{v}");
+}
+
+#[test]
+fn svg_has_a_row_per_node_and_a_bar_per_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.svg");
+    let out = plan(&["--algo", "binomial", "--json", "--svg", path.to_str().unwrap()]);
+    assert!(out.status.success());
+    let v = last_json(&out);
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<rect").count() as u64, v["transfers"].as_u64().unwrap());
+    assert_eq!(svg.matches(">node ").count(), 9);
+}
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let base = |nodes: &str, sources: &str, blocks: &str, gbps: &str| {
+        faascale(&[
+            "plan",
+            "--nodes",
+            nodes,
+            "--sources",
+            sources,
+            "--model-bytes",
+            "1000000",
+            "--blocks",
+            blocks,
+            "--link-gbps",
+            gbps,
+            "--json",
+        ])
+    };
+    for (out, want) in [
+        (base("0", "1", "8", "400"), "--nodes"),
+        (base("4", "5", "8", "400"), "--sources"),
+        (base("4", "0", "8", "400"), "--sources"),
+        (base("4", "1", "0", "400"), "--blocks"),
+        (base("4", "1", "8", "0"), "--link-gbps"),
+        (base("4", "1", "8", "-3"), "--link-gbps"),
+        (base("4", "1", "8", "nan"), "--link-gbps"),
+        (plan(&["--algo", "carrier-pigeon", "--json"]), "--algo"),
+        (plan(&["--chunk-bytes", "1000", "--json"]), "chunk"),
+        (plan(&["--chunk-bytes", "0", "--json"]), "chunk"),
+        (faascale(&["plan", "--nodes", "-2", "--model-bytes", "1", "--blocks", "1", "--link-gbps", "1", "--json"]), ""),
+    ] {
+        assert!(!out.status.success(), "{want}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let v = last_json(&out);
+        let msg = v["error"].as_str().unwrap_or_else(|| panic!("{v}"));
+        assert!(msg.contains(want), "expected {want} in {msg}");
+    }
+    // without --json: an error on stderr, nothing on stdout
+    let out = faascale(&["plan", "--nodes", "0", "--model-bytes", "1", "--blocks", "1", "--link-gbps", "1"]);
+    assert!(!out.status.success() && out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nodes"));
+}
+
+#[test]
+fn single_node_cluster_has_nothing_to_move() {
+    let out = faascale(&[
+        "plan",
+        "--nodes",
+        "1",
+        "--sources",
+        "1",
+        "--model-bytes",
+        "4096",
+        "--blocks",
+        "1",
+        "--link-gbps",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let v = last_json(&out);
+    assert_eq!(v["complete_s"].as_f64(), Some(0.0));
+    assert_eq!(v["transfers"], 0);
+}
