@@ -6,17 +6,22 @@
 //! - `multicast`: `MulticastPlan` (with `replan`) and the algorithms that build one.
 //! - `eval`: the one event-driven evaluator of plans.
 //! - `check`: an independent checker of plans and evaluations (for tests and fuzzing).
+//! - `exec`: `ExecPlan`, execute-while-load pipelines formed from holdings over time.
 //!
-//! Execution plans, the autoscaler and the simulator (issue 4, second half) are not here yet.
+//! Start-up by locality, the autoscaler and the simulator (rest of issue 4) are not here yet.
 
 pub mod check;
 pub mod cluster;
 pub mod eval;
+pub mod exec;
 pub mod layout;
 pub mod multicast;
 
 pub use cluster::{Cluster, Holdings, ModelPlacement, Node, Tier, PLAN_TYPES_VERSION};
 pub use eval::{evaluate, Evaluation, DEFAULT_LATENCY_S};
+pub use exec::{
+    exec_plan, exec_plan_from_arrivals, form_pipelines, ExecPlan, Handoff, Pipeline, Stage, EXEC_PLAN_VERSION,
+};
 pub use layout::{
     default_chunk_bytes, ExecBlock, LayoutError, ModelLayout, TransferBlock, BLOCK_ALIGN_BYTES, MODEL_LAYOUT_VERSION,
 };
