@@ -8,14 +8,19 @@
 //! - `check`: an independent checker of plans and evaluations (for tests and fuzzing).
 //! - `exec`: `ExecPlan`, execute-while-load pipelines formed from holdings over time.
 //!
-//! Start-up by locality, the autoscaler and the simulator (rest of issue 4) are not here yet.
+//! - `startup`: start-up by locality (hot, warm, cold; choice of k and sources).
+//! - `autoscale`: the per-model autoscaler (queue length and arrival rate, keep-alive).
+//! - `sim`: the deterministic discrete-event simulator that replays traces.
 
+pub mod autoscale;
 pub mod check;
 pub mod cluster;
 pub mod eval;
 pub mod exec;
 pub mod layout;
 pub mod multicast;
+pub mod sim;
+pub mod startup;
 
 pub use cluster::{Cluster, Holdings, ModelPlacement, Node, Tier, PLAN_TYPES_VERSION};
 pub use eval::{evaluate, Evaluation, DEFAULT_LATENCY_S};

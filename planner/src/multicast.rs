@@ -172,6 +172,7 @@ pub fn plan(algo: Algo, req: &MulticastRequest) -> Result<MulticastPlan, PlanErr
         return invalid("too many transfer blocks".into());
     }
     let ids: Vec<u32> = (0..nb as u32).collect();
+    let exec_keys: Vec<u32> = req.layout.transfer_blocks.iter().map(|t| t.exec_block).collect();
     let mut raw = Vec::new();
     match algo {
         Algo::Faascale | Algo::Binomial | Algo::Nccl | Algo::Faasnet => {
@@ -187,7 +188,7 @@ pub fn plan(algo: Algo, req: &MulticastRequest) -> Result<MulticastPlan, PlanErr
                 let mut out = Vec::new();
                 match algo {
                     Algo::Faascale => {
-                        let order = rotated_order(nb, k, g);
+                        let order = rotated_order_by(&exec_keys, k, g);
                         binomial_group(&group, &order, &mut out)?
                     }
                     Algo::Binomial => binomial_group(&group, &ids, &mut out)?,
@@ -250,10 +251,22 @@ pub fn split_groups(receivers: &[u32], k: usize) -> Vec<&[u32]> {
 /// Blocks in the order group `g` of `k` receives them: block-groups `id mod k` in the rotated
 /// order g, g+1, …, g−1, ids increasing within a block-group.
 pub fn rotated_order(num_blocks: usize, k: usize, g: usize) -> Vec<u32> {
-    let mut order = Vec::with_capacity(num_blocks);
+    let keys: Vec<u32> = (0..num_blocks as u32).collect();
+    rotated_order_by(&keys, k, g)
+}
+
+/// Transfer blocks in the order group `g` of `k` receives them, transfer block `t` being in
+/// block-group `keys[t] mod k`: block-groups in the rotated order g, g+1, …, g−1, ids
+/// increasing within a block-group. `plan` keys each transfer block by its *execution* block,
+/// so a group receives whole execution blocks first: a node can run a stage only once every
+/// transfer block of it has arrived, and keying by transfer block would spread every
+/// execution block over all k groups (no stage could run before the very end).
+pub fn rotated_order_by(keys: &[u32], k: usize, g: usize) -> Vec<u32> {
+    let k = k.max(1);
+    let mut order = Vec::with_capacity(keys.len());
     for j in 0..k {
         let bg = (g + j) % k;
-        order.extend((bg..num_blocks).step_by(k).map(|b| b as u32));
+        order.extend((0..keys.len()).filter(|&t| keys[t] as usize % k == bg).map(|t| t as u32));
     }
     order
 }

@@ -57,7 +57,12 @@ fn faascale_groups_get_rotated_block_groups_first() {
     for (g, src) in s.iter().enumerate() {
         let first: Vec<u32> =
             p.transfers.iter().filter(|t| t.from == Endpoint::Node(*src)).map(|t| t.block).take(4).collect();
-        assert!(first.iter().all(|b| *b as usize % 4 == g), "group {g} starts with {first:?}");
+        // Block-groups are keyed by execution block: a group gets whole execution blocks first.
+        let exec: Vec<u32> = first.iter().map(|&b| l.transfer_blocks[b as usize].exec_block).collect();
+        assert!(
+            exec.iter().all(|&e| e as usize % 4 == g),
+            "group {g} starts with {first:?} (execution blocks {exec:?})"
+        );
     }
     assert!(ev.first_copy_s < ev.complete_s / 2.0, "{} vs {}", ev.first_copy_s, ev.complete_s);
 }
