@@ -35,6 +35,8 @@ enum Command {
     Inspect(cli::inspect::Args),
     /// Plan a block multicast of a model to new nodes and report its times.
     Plan(cli::plan::Args),
+    /// Replay a request trace on a simulated cluster and compare scale-out systems.
+    Simulate(cli::simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Pack(a) => (a.json, cli::pack::run(a)),
         Command::Inspect(a) => (a.json, cli::inspect::run(a)),
         Command::Plan(a) => (a.json, cli::plan::run(a)),
+        Command::Simulate(a) => (a.json, cli::simulate::run(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

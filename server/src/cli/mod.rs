@@ -4,6 +4,7 @@ pub mod generate;
 pub mod inspect;
 pub mod pack;
 pub mod plan;
+pub mod simulate;
 pub mod synth;
 
 /// `--dtype` for GGUF sources: what quantized weights are dequantized to.
