@@ -5,6 +5,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/fetch_smollm2.sh   # the real model the GGUF tests check against transformers
 export CARGO_TERM_COLOR=never
+# The CUDA kernels' PTX: regenerated with the pinned nvcc 13.0 from pip and compared with the
+# checked-in files, ISA ≤ 9.0, assembled by ptxas, and run on the CPU emulator (docs/gpu.md).
+bash scripts/gen_ptx.sh --check
+# The verbs layout test must not skip here: setup.sh installed rdma-core's headers.
+export FAASCALE_REQUIRE_VERBS_HEADERS=1
 cargo build --workspace --all-targets
 cargo test --workspace 2>&1
 # The engine's exactness and invariance tests again with each narrower kernel variant

@@ -16,6 +16,7 @@
 //! The free functions use [`Kernels::selected`]; [`Kernels::new`] gives any
 //! supported variant explicitly (tests, benchmarks).
 
+pub mod cuda;
 mod dtype;
 mod error;
 mod ffi;

@@ -1,0 +1,3 @@
+/* Emulator stand-in for CUDA's <cuda_bf16.h> (see fs_emu.h). */
+#pragma once
+#include "fs_emu.h"
