@@ -139,16 +139,11 @@ pub struct MulticastRequest<'a> {
     pub receivers: &'a [u32],
 }
 
-/// A transfer before ids are assigned.
-#[derive(Clone, Copy)]
-struct Raw {
-    tick: u32,
-    from: Endpoint,
-    to: u32,
-    block: u32,
-}
-
 /// Builds a plan with algorithm `algo`.
+///
+/// The plan's order is the order in which transfers are made: groups run in lock step, tick
+/// by tick, and at each tick group 0's transfers come first, then group 1's, and so on (each
+/// group's in its own order). Transfers are numbered, linked and scheduled as they are made.
 pub fn plan(algo: Algo, req: &MulticastRequest) -> Result<MulticastPlan, PlanError> {
     req.cluster.validate().map_err(PlanError::Invalid)?;
     req.layout.validate().map_err(|e| PlanError::Invalid(e.to_string()))?;
@@ -171,36 +166,54 @@ pub fn plan(algo: Algo, req: &MulticastRequest) -> Result<MulticastPlan, PlanErr
     if nb > u32::MAX as usize / 2 {
         return invalid("too many transfer blocks".into());
     }
-    let ids: Vec<u32> = (0..nb as u32).collect();
-    let exec_keys: Vec<u32> = req.layout.transfer_blocks.iter().map(|t| t.exec_block).collect();
-    let mut raw = Vec::new();
+    // Every planner moves each block to each receiver exactly once.
+    let total = match req.receivers.len().checked_mul(nb) {
+        Some(t) if t < u32::MAX as usize => t,
+        _ => {
+            return invalid(format!(
+                "{} receivers × {nb} transfer blocks: more transfers than a plan can number",
+                req.receivers.len()
+            ))
+        }
+    };
+    let mut sink = Sink::new(n, nb, total);
     match algo {
         Algo::Faascale | Algo::Binomial | Algo::Nccl | Algo::Faasnet => {
             let k = if algo == Algo::Binomial { 1 } else { req.sources.len() };
-            let groups = split_groups(req.receivers, k);
-            for (g, members) in groups.iter().enumerate() {
+            let ids: Vec<u32> = (0..nb as u32).collect();
+            let exec_keys: Vec<u32> = req.layout.transfer_blocks.iter().map(|t| t.exec_block).collect();
+            let mut runs = Vec::with_capacity(k);
+            for (g, members) in split_groups(req.receivers, k).into_iter().enumerate() {
                 if members.is_empty() {
                     continue;
                 }
                 let mut group = Vec::with_capacity(members.len() + 1);
                 group.push(req.sources[g]);
                 group.extend_from_slice(members);
-                let mut out = Vec::new();
-                match algo {
-                    Algo::Faascale => {
-                        let order = rotated_order_by(&exec_keys, k, g);
-                        binomial_group(&group, &order, &mut out)?
+                runs.push(match algo {
+                    Algo::Faascale => Run::Binomial(Box::new(Binomial::new(group, rotated_order_by(&exec_keys, k, g)))),
+                    Algo::Binomial => Run::Binomial(Box::new(Binomial::new(group, ids.clone()))),
+                    Algo::Nccl => Run::Chain(Chain { group, order: ids.clone() }),
+                    _ => Run::Tree(Tree::new(group, ids.clone())),
+                });
+            }
+            let mut t = 0usize;
+            loop {
+                let mut any = false;
+                for run in &mut runs {
+                    if run.active(t) {
+                        any = true;
+                        run.step(t, &mut sink)?;
                     }
-                    Algo::Binomial => binomial_group(&group, &ids, &mut out)?,
-                    Algo::Nccl => chain_group(&group, &ids, &mut out),
-                    _ => tree_group(&group, &ids, &mut out),
                 }
-                raw.push(out);
+                if !any {
+                    break;
+                }
+                t += 1;
             }
         }
         Algo::Serverlessllm => {
             let place = req.cluster.placement(&req.layout.name);
-            let mut out = Vec::new();
             for (pos, t) in req.layout.transfer_blocks.iter().enumerate() {
                 for &r in req.receivers {
                     let tier = place
@@ -217,20 +230,18 @@ pub fn plan(algo: Algo, req: &MulticastRequest) -> Result<MulticastPlan, PlanErr
                     if from == Endpoint::Remote && req.cluster.remote_store_bps <= 0.0 {
                         return invalid(format!("node {r} must load from the remote store, whose rate is 0"));
                     }
-                    out.push(Raw { tick: pos as u32, from, to: r, block: t.id });
+                    sink.push(pos as u32, from, r, t.id);
                 }
             }
-            raw.push(out);
         }
     }
     let initial = Holdings::with_sources(n, nb, req.sources);
-    Ok(assemble(
+    Ok(sink.finish(
         algo,
         0,
         req.layout.transfer_blocks.iter().map(|t| t.len).collect(),
         req.receivers.to_vec(),
         initial,
-        raw,
     ))
 }
 
@@ -271,6 +282,34 @@ pub fn rotated_order_by(keys: &[u32], k: usize, g: usize) -> Vec<u32> {
     order
 }
 
+/// One group's planner, run tick by tick.
+enum Run {
+    Binomial(Box<Binomial>),
+    Chain(Chain),
+    Tree(Tree),
+}
+
+impl Run {
+    /// Whether the group may still make transfers at tick `t` or later.
+    fn active(&self, t: usize) -> bool {
+        match self {
+            Run::Binomial(x) => x.done < x.group.len(),
+            Run::Chain(x) => x.group.len() >= 2 && t < x.order.len() + x.group.len() - 2,
+            Run::Tree(x) => x.group.len() >= 2 && t < x.order.len() + x.levels.len(),
+        }
+    }
+
+    /// Makes the group's transfers of tick `t`, in order.
+    fn step(&mut self, t: usize, sink: &mut Sink) -> Result<(), PlanError> {
+        match self {
+            Run::Binomial(x) => x.step(t, sink)?,
+            Run::Chain(x) => x.step(t, sink),
+            Run::Tree(x) => x.step(t, sink),
+        }
+        Ok(())
+    }
+}
+
 /// Binomial pipeline over `group` (group[0] the source, holding everything), sending the
 /// blocks `order` in that order. With l = ⌊log2 n⌋, vertices 0 .. 2^l form a hypercube; at
 /// tick t vertex x exchanges with x XOR 2^(t mod l). Each sender sends the newest block (in
@@ -283,45 +322,116 @@ pub fn rotated_order_by(keys: &[u32], k: usize, g: usize) -> Vec<u32> {
 /// (newest first). No NIC sends or receives two blocks in one tick. The tests check the
 /// b + ⌈log2 n⌉ − 1 tick bound for every n ≤ 70 and b ≤ 40 exhaustively, and at random
 /// beyond; it is measured, not proved here.
-fn binomial_group(group: &[u32], order: &[u32], out: &mut Vec<Raw>) -> Result<(), PlanError> {
-    let n = group.len();
-    let b = order.len();
-    if n < 2 || b == 0 {
-        return Ok(());
+struct Binomial {
+    group: Vec<u32>,
+    order: Vec<u32>,
+    /// ⌊log2 n⌋
+    l: usize,
+    /// 2^l
+    cube: usize,
+    /// `twin[v]`: the extra member of vertex v, if any.
+    twin: Vec<Option<usize>>,
+    /// 64-bit words per member in `have`.
+    words: usize,
+    /// Bit `pos` of member m's row (`have[m * words ..][pos / 64]`, bit `pos % 64`): m holds
+    /// block `order[pos]`.
+    have: Vec<u64>,
+    /// 1 + highest position held (0: none).
+    top: Vec<usize>,
+    count: Vec<usize>,
+    /// Members holding every block.
+    done: usize,
+    /// Scratch of `step`: (sending member, receiving member, position).
+    deliveries: Vec<(usize, usize, usize)>,
+    up: Vec<bool>,
+    down: Vec<Option<usize>>,
+    /// `sender[v]`: the member of vertex v that sends to the hypercube this tick.
+    sender: Vec<usize>,
+    /// Ticks after which the group is declared stuck.
+    cap: usize,
+}
+
+/// The highest position below `top` whose bit is set in `word(i)` (the i-th 64-bit word of a
+/// bit row): the newest block a predicate over bit rows selects.
+#[inline]
+fn highest_below(top: usize, word: impl Fn(usize) -> u64) -> Option<usize> {
+    if top == 0 {
+        return None;
     }
-    let l = usize::BITS as usize - 1 - n.leading_zeros() as usize; // ⌊log2 n⌋
-    let cube = 1usize << l;
-    // twin[v]: the extra member of vertex v, if any.
-    let mut twin: Vec<Option<usize>> = vec![None; cube];
-    for e in 0..n - cube {
-        twin[e + 1] = Some(cube + e);
-    }
-    let mut have = vec![false; n * b];
-    let mut top = vec![0usize; n]; // 1 + highest position held (0: none)
-    let mut count = vec![0usize; n];
-    have[..b].iter_mut().for_each(|h| *h = true);
-    top[0] = b;
-    count[0] = b;
-    let mut done = 1usize;
-    let mut deliveries: Vec<(usize, usize, usize)> = Vec::with_capacity(2 * n);
-    let mut up = vec![false; n];
-    let mut down: Vec<Option<usize>> = vec![None; n];
-    let mut sender = vec![0usize; cube];
-    let cap = 4 * (b + n) + 16;
-    let mut t = 0usize;
-    while done < n {
-        if t > cap {
-            return invalid(format!("internal: binomial pipeline over {n} nodes did not finish in {cap} ticks"));
+    let mut w = (top - 1) / 64;
+    let mut mask = u64::MAX >> (63 - (top - 1) % 64);
+    loop {
+        let m = word(w) & mask;
+        if m != 0 {
+            return Some(w * 64 + 63 - m.leading_zeros() as usize);
         }
+        if w == 0 {
+            return None;
+        }
+        w -= 1;
+        mask = u64::MAX;
+    }
+}
+
+impl Binomial {
+    fn new(group: Vec<u32>, order: Vec<u32>) -> Binomial {
+        let n = group.len();
+        let b = order.len();
+        let l = if n == 0 { 0 } else { usize::BITS as usize - 1 - n.leading_zeros() as usize };
+        let cube = 1usize << l;
+        let mut twin: Vec<Option<usize>> = vec![None; cube];
+        for e in 0..n.saturating_sub(cube) {
+            twin[e + 1] = Some(cube + e);
+        }
+        let words = b.div_ceil(64);
+        let mut have = vec![0u64; n * words];
+        let mut top = vec![0usize; n];
+        let mut count = vec![0usize; n];
+        // Nothing to do for fewer than two members or no block.
+        let done = if n < 2 || b == 0 {
+            n
+        } else {
+            for pos in 0..b {
+                have[pos / 64] |= 1 << (pos % 64);
+            }
+            top[0] = b;
+            count[0] = b;
+            1
+        };
+        Binomial {
+            group,
+            order,
+            l,
+            cube,
+            twin,
+            words,
+            have,
+            top,
+            count,
+            done,
+            deliveries: Vec::with_capacity(2 * n),
+            up: vec![false; n],
+            down: vec![None; n],
+            sender: vec![0usize; cube],
+            cap: 4 * (b + n) + 16,
+        }
+    }
+
+    fn step(&mut self, t: usize, sink: &mut Sink) -> Result<(), PlanError> {
+        let (n, b, l, cube, words) = (self.group.len(), self.order.len(), self.l, self.cube, self.words);
+        if t > self.cap {
+            return invalid(format!("internal: binomial pipeline over {n} nodes did not finish in {} ticks", self.cap));
+        }
+        let Binomial { twin, have, top, count, deliveries, up, down, sender, .. } = self;
         deliveries.clear();
         up.iter_mut().for_each(|x| *x = false);
         down.iter_mut().for_each(|x| *x = None);
         let dim = if l == 0 { 0 } else { 1usize << (t % l) };
-        // (receiving member, sending member) of vertex v at tick t
+        // word i of member m's row; of a missing member, nothing
+        let row = |m: Option<usize>, i: usize| m.map_or(0, |m| have[m * words + i]);
+        let holds = |m: usize, x: usize| have[m * words + x / 64] >> (x % 64) & 1 == 1;
         // Each vertex first picks its sending member: the member holding the newest block that
         // neither member of the partner vertex holds (ties: alternate by tick).
-        let holds = |m: usize, x: usize| have[m * b + x];
-        let vholds = |v: usize, x: usize| holds(v, x) || twin[v].is_some_and(|e| holds(e, x));
         for v in 0..cube.min(n) {
             let p = v ^ dim;
             sender[v] = v;
@@ -330,7 +440,8 @@ fn binomial_group(group: &[u32], order: &[u32], out: &mut Vec<Raw>) -> Result<()
             }
             if let Some(e) = twin[v] {
                 let tops = top[v].max(top[e]);
-                let want = (0..tops).rev().find(|&x| vholds(v, x) && !vholds(p, x));
+                let (pe, vs, es) = (twin[p], Some(v), Some(e));
+                let want = highest_below(tops, |i| (row(vs, i) | row(es, i)) & !(row(Some(p), i) | row(pe, i)));
                 sender[v] = match want {
                     Some(x) if holds(v, x) && !holds(e, x) => v,
                     Some(x) if holds(e, x) && !holds(v, x) => e,
@@ -339,6 +450,7 @@ fn binomial_group(group: &[u32], order: &[u32], out: &mut Vec<Raw>) -> Result<()
                 };
             }
         }
+        // (sending member, receiving member) of each vertex pair
         for v in 0..cube.min(n) {
             let p = v ^ dim;
             if p == v || p >= n {
@@ -353,10 +465,9 @@ fn binomial_group(group: &[u32], order: &[u32], out: &mut Vec<Raw>) -> Result<()
             let pick = if v == 0 && t < b {
                 Some(t)
             } else {
-                (0..top[s])
-                    .rev()
-                    .find(|&x| holds(s, x) && !holds(r, x) && !other.is_some_and(|o| holds(o, x)))
-                    .or_else(|| (0..top[s]).rev().find(|&x| holds(s, x) && !holds(r, x)))
+                let (ss, rs) = (Some(s), Some(r));
+                highest_below(top[s], |i| row(ss, i) & !row(rs, i) & !row(other, i))
+                    .or_else(|| highest_below(top[s], |i| row(ss, i) & !row(rs, i)))
             };
             if let Some(pos) = pick {
                 deliveries.push((s, r, pos));
@@ -369,7 +480,7 @@ fn binomial_group(group: &[u32], order: &[u32], out: &mut Vec<Raw>) -> Result<()
             if let Some(e) = *tw {
                 for (s, r) in [(v, e), (e, v)] {
                     if !up[s] && down[r].is_none() {
-                        if let Some(pos) = (0..top[s]).rev().find(|&x| have[s * b + x] && !have[r * b + x]) {
+                        if let Some(pos) = highest_below(top[s], |i| row(Some(s), i) & !row(Some(r), i)) {
                             deliveries.push((s, r, pos));
                             up[s] = true;
                             down[r] = Some(pos);
@@ -378,120 +489,153 @@ fn binomial_group(group: &[u32], order: &[u32], out: &mut Vec<Raw>) -> Result<()
                 }
             }
         }
-        for &(s, r, pos) in &deliveries {
-            debug_assert!(!have[r * b + pos]);
-            have[r * b + pos] = true;
+        for &(s, r, pos) in deliveries.iter() {
+            let (w, bit) = (r * words + pos / 64, 1u64 << (pos % 64));
+            debug_assert!(have[w] & bit == 0);
+            have[w] |= bit;
             top[r] = top[r].max(pos + 1);
             count[r] += 1;
             if count[r] == b {
-                done += 1;
+                self.done += 1;
             }
-            out.push(Raw { tick: t as u32, from: Endpoint::Node(group[s]), to: group[r], block: order[pos] });
+            sink.push(t as u32, Endpoint::Node(self.group[s]), self.group[r], self.order[pos]);
         }
-        t += 1;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Pipelined chain: at tick t member i sends block t − i to member i + 1.
-fn chain_group(group: &[u32], order: &[u32], out: &mut Vec<Raw>) {
-    let (n, b) = (group.len(), order.len());
-    if n < 2 {
-        return;
-    }
-    for t in 0..b + n - 2 {
-        for i in 0..n - 1 {
-            if t >= i && t - i < b {
-                out.push(Raw { tick: t as u32, from: Endpoint::Node(group[i]), to: group[i + 1], block: order[t - i] });
-            }
+struct Chain {
+    group: Vec<u32>,
+    order: Vec<u32>,
+}
+
+impl Chain {
+    fn step(&mut self, t: usize, sink: &mut Sink) {
+        let (n, b) = (self.group.len(), self.order.len());
+        // members i < n − 1 with 0 ≤ t − i < b
+        for i in (t + 1).saturating_sub(b)..(n - 1).min(t + 1) {
+            sink.push(t as u32, Endpoint::Node(self.group[i]), self.group[i + 1], self.order[t - i]);
         }
     }
 }
 
 /// Binary tree in heap order (member i's children are 2i + 1 and 2i + 2); each node forwards
-/// each block to its children as soon as it has it, blocks in order, left child first.
-fn tree_group(group: &[u32], order: &[u32], out: &mut Vec<Raw>) {
-    let n = group.len();
-    let depth = |mut i: usize| {
-        let mut d = 0u32;
-        while i > 0 {
-            i = (i - 1) / 2;
-            d += 1;
+/// each block to its children as soon as it has it, blocks in order, left child first: member
+/// i at depth d sends block j at tick j + d.
+struct Tree {
+    group: Vec<u32>,
+    order: Vec<u32>,
+    /// `levels[d]`: the members at depth d (2^d − 1 .. 2^(d+1) − 1, cut at n).
+    levels: Vec<std::ops::Range<usize>>,
+}
+
+impl Tree {
+    fn new(group: Vec<u32>, order: Vec<u32>) -> Tree {
+        let n = group.len();
+        let mut levels = Vec::new();
+        let mut lo = 0usize;
+        while lo < n {
+            let hi = (2 * lo + 1).min(n);
+            levels.push(lo..hi);
+            lo = hi;
         }
-        d
-    };
-    let depths: Vec<u32> = (0..n).map(depth).collect();
-    let mut rows: Vec<(u32, Raw)> = Vec::new();
-    for (j, &blk) in order.iter().enumerate() {
-        for i in 0..n {
-            for c in [2 * i + 1, 2 * i + 2] {
-                if c < n {
-                    let tick = j as u32 + depths[i];
-                    rows.push((tick, Raw { tick, from: Endpoint::Node(group[i]), to: group[c], block: blk }));
+        Tree { group, order, levels }
+    }
+
+    /// Tick t's transfers in the order of (block position, member, child): deepest senders
+    /// (oldest blocks) first.
+    fn step(&mut self, t: usize, sink: &mut Sink) {
+        let (n, b) = (self.group.len(), self.order.len());
+        for d in (0..self.levels.len().min(t + 1)).rev() {
+            let j = t - d;
+            if j >= b {
+                break; // shallower levels have younger positions still ≥ b
+            }
+            for i in self.levels[d].clone() {
+                if 2 * i + 1 >= n {
+                    break;
+                }
+                for c in [2 * i + 1, 2 * i + 2] {
+                    if c < n {
+                        sink.push(t as u32, Endpoint::Node(self.group[i]), self.group[c], self.order[j]);
+                    }
                 }
             }
         }
     }
-    rows.sort_by_key(|r| r.0); // stable: keeps per-node order
-    out.extend(rows.into_iter().map(|r| r.1));
 }
 
-/// Merges per-group transfer lists by tick (stable), numbers them, links `after` and builds
-/// the per-node schedules.
-fn assemble(
-    algo: Algo,
-    epoch: u64,
-    block_bytes: Vec<u64>,
-    receivers: Vec<u32>,
-    initial: Holdings,
-    groups: Vec<Vec<Raw>>,
-) -> MulticastPlan {
-    let n = initial.num_nodes;
-    let nb = initial.num_blocks;
-    // Stable counting sort by tick: groups in order, each group's transfers in its own order.
-    let max_tick = groups.iter().flatten().map(|r| r.tick as usize).max().unwrap_or(0);
-    let mut start = vec![0usize; max_tick + 2];
-    for r in groups.iter().flatten() {
-        start[r.tick as usize + 1] += 1;
+/// Receives transfers in plan order: numbers them and links `after`; `finish` builds the
+/// per-node schedules in one pass over the transfers, each list allocated at its exact length.
+struct Sink {
+    nb: usize,
+    /// `via[node * nb + block]`: 1 + the id of the transfer that brought `block` to `node`
+    /// (0: none yet; zero so that rows never written cost no memory).
+    via: Vec<u32>,
+    transfers: Vec<Transfer>,
+    /// Per node: how many transfers it sends, receives.
+    sends: Vec<u32>,
+    recvs: Vec<u32>,
+}
+
+impl Sink {
+    /// For `n` nodes, `nb` blocks and room for `capacity` transfers (the caller keeps the
+    /// count below `u32::MAX`).
+    fn new(n: usize, nb: usize, capacity: usize) -> Sink {
+        Sink { nb, via: vec![0; n * nb], transfers: Vec::with_capacity(capacity), sends: vec![0; n], recvs: vec![0; n] }
     }
-    for i in 1..start.len() {
-        start[i] += start[i - 1];
-    }
-    let total = start[max_tick + 1];
-    let mut all: Vec<Raw> = vec![Raw { tick: 0, from: Endpoint::Host, to: 0, block: 0 }; total];
-    for r in groups.iter().flatten() {
-        let at = &mut start[r.tick as usize];
-        all[*at] = *r;
-        *at += 1;
-    }
-    drop(groups);
-    let mut via: Vec<u32> = vec![u32::MAX; n * nb]; // transfer that brought block to node
-    let mut nodes = vec![NodeSchedule::default(); n];
-    let mut transfers = Vec::with_capacity(all.len());
-    for (id, r) in all.into_iter().enumerate() {
-        let id = id as u32;
-        let after = match r.from {
+
+    #[inline(always)]
+    fn push(&mut self, tick: u32, from: Endpoint, to: u32, block: u32) {
+        let id = self.transfers.len() as u32;
+        let after = match from {
             Endpoint::Node(s) => {
-                let v = via[s as usize * nb + r.block as usize];
-                nodes[s as usize].sends.push(id);
-                (v != u32::MAX).then_some(v)
+                self.sends[s as usize] += 1;
+                self.via[s as usize * self.nb + block as usize].checked_sub(1)
             }
             _ => None,
         };
-        via[r.to as usize * nb + r.block as usize] = id;
-        nodes[r.to as usize].recvs.push(id);
-        transfers.push(Transfer { id, block: r.block, from: r.from, to: r.to, after, tick: r.tick });
+        self.via[to as usize * self.nb + block as usize] = id + 1;
+        self.recvs[to as usize] += 1;
+        self.transfers.push(Transfer { id, block, from, to, after, tick });
     }
-    MulticastPlan {
-        version: PLAN_TYPES_VERSION,
-        epoch,
-        algo,
-        num_nodes: n,
-        block_bytes,
-        receivers,
-        initial,
-        transfers,
-        nodes,
+
+    fn finish(
+        self,
+        algo: Algo,
+        epoch: u64,
+        block_bytes: Vec<u64>,
+        receivers: Vec<u32>,
+        initial: Holdings,
+    ) -> MulticastPlan {
+        drop(self.via);
+        let mut nodes: Vec<NodeSchedule> = self
+            .sends
+            .iter()
+            .zip(&self.recvs)
+            .map(|(&s, &r)| NodeSchedule {
+                sends: Vec::with_capacity(s as usize),
+                recvs: Vec::with_capacity(r as usize),
+            })
+            .collect();
+        for t in &self.transfers {
+            if let Endpoint::Node(s) = t.from {
+                nodes[s as usize].sends.push(t.id);
+            }
+            nodes[t.to as usize].recvs.push(t.id);
+        }
+        MulticastPlan {
+            version: PLAN_TYPES_VERSION,
+            epoch,
+            algo,
+            num_nodes: nodes.len(),
+            block_bytes,
+            receivers,
+            initial,
+            transfers: self.transfers,
+            nodes,
+        }
     }
 }
 
@@ -559,7 +703,11 @@ impl MulticastPlan {
             .collect();
         let mut sent = vec![0u64; n];
         let mut busy = vec![u32::MAX; n]; // round in which the uplink was last used
-        let mut out = Vec::new();
+        let total: usize = missing.iter().map(Vec::len).sum();
+        if total >= u32::MAX as usize {
+            return invalid(format!("{total} transfers to make: more than a plan can number"));
+        }
+        let mut sink = Sink::new(n, nb, total);
         let mut round = 0u32;
         let mut newly: Vec<(u32, u32)> = Vec::new();
         while missing.iter().any(|m| !m.is_empty()) {
@@ -581,7 +729,7 @@ impl MulticastPlan {
                     missing[ri].remove(mi);
                     busy[h as usize] = round;
                     sent[h as usize] += 1;
-                    out.push(Raw { tick: round, from: Endpoint::Node(h), to: r, block: b });
+                    sink.push(round, Endpoint::Node(h), r, b);
                     newly.push((r, b));
                 }
             }
@@ -594,6 +742,58 @@ impl MulticastPlan {
             }
             round += 1;
         }
-        Ok(assemble(self.algo, self.epoch + 1, self.block_bytes.clone(), receivers, initial, vec![out]))
+        Ok(sink.finish(self.algo, self.epoch + 1, self.block_bytes.clone(), receivers, initial))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uniform_layout;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The bit-row search finds what a plain scan over the bits finds.
+        #[test]
+        fn highest_below_is_the_last_set_bit_below_top(
+            words in proptest::collection::vec(any::<u64>(), 1..5),
+            sparse in 0u32..4,
+            top_at in 0usize..400,
+        ) {
+            // sparse rows (most words zero) reach the scan's lower words
+            let row: Vec<u64> = words.iter().enumerate().map(|(i, &w)| if (i as u32) < sparse { 0 } else { w }).collect();
+            let top = top_at % (64 * row.len() + 1);
+            let naive = (0..top).rev().find(|&x| row[x / 64] >> (x % 64) & 1 == 1);
+            prop_assert_eq!(highest_below(top, |i| row[i]), naive);
+        }
+
+        /// The lock-step order: transfers by tick, and within a tick by receiver group (the
+        /// group whose member receives), each group's in its own order.
+        #[test]
+        fn transfers_are_ordered_by_tick_then_group(
+            n in 2usize..60, k in 1usize..6, e in 1usize..5, t in 1u64..5, a in 0usize..4, shuffle in any::<u64>(),
+        ) {
+            let k = k.min(n - 1);
+            let cluster = Cluster::uniform(n, 50e9, 10e9);
+            let layout = uniform_layout("m", e as u64 * t * 4096, e, Some(4096)).unwrap();
+            let mut ids: Vec<u32> = (0..n as u32).collect();
+            ids.rotate_left((shuffle % n as u64) as usize);
+            let (sources, receivers) = ids.split_at(k);
+            let algo = [Algo::Faascale, Algo::Binomial, Algo::Nccl, Algo::Faasnet][a];
+            let req = MulticastRequest { cluster: &cluster, layout: &layout, sources, receivers };
+            let p = plan(algo, &req).unwrap();
+            let kk = if algo == Algo::Binomial { 1 } else { k };
+            let mut group_of = vec![usize::MAX; n];
+            for (g, members) in split_groups(receivers, kk).into_iter().enumerate() {
+                for &m in members {
+                    group_of[m as usize] = g;
+                }
+            }
+            prop_assert_eq!(p.transfers.len(), receivers.len() * layout.transfer_blocks.len());
+            for w in p.transfers.windows(2) {
+                let key = |x: &Transfer| (x.tick, group_of[x.to as usize]);
+                prop_assert!(key(&w[0]) <= key(&w[1]), "{:?} then {:?}", w[0], w[1]);
+            }
+        }
     }
 }

@@ -21,7 +21,7 @@ pub struct Args {
     blocks: Option<usize>,
     /// Transfer block size: bytes, or with a K/M/G (KiB/MiB/GiB) suffix; a multiple of 4 KiB
     /// (default: planner::default_chunk_bytes, about √(model bytes × 500 kB / 3), at most an
-    /// eighth of the mean execution block, within [1 MiB, 64 MiB]).
+    /// eighth of the mean execution block, within [1 MiB, 256 MiB]).
     #[arg(long)]
     chunk_bytes: Option<String>,
     /// Print one line of JSON as the last line of standard output.
