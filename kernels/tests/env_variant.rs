@@ -6,7 +6,7 @@ use std::process::Command;
 
 /// Run only as a child: prints the variant the process selected.
 #[test]
-#[ignore]
+#[ignore = "run only as a child process by the other test"]
 fn child_prints_selected_variant() {
     println!("selected={}", kernels::variant());
 }

@@ -337,7 +337,7 @@ fn tiny_spm_uses_alignment_64() {
 /// Load time of the SmolLM2 GGUF, f32 and bf16 (not a check; run with
 /// `cargo test --release -p pipeline --test gguf -- --ignored --nocapture load_time`).
 #[test]
-#[ignore]
+#[ignore = "a load-time measurement, not a check; run with --ignored --nocapture"]
 fn load_time() {
     let path = smollm2_path();
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;

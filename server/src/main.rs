@@ -35,6 +35,11 @@ enum Command {
     Inspect(cli::inspect::Args),
     /// Plan a block multicast of a model to new nodes and report its times.
     Plan(cli::plan::Args),
+    /// Run benchmarks with real processes (`bench multicast`: a block multicast between worker processes).
+    Bench(cli::bench::Args),
+    /// A multicast worker process (started by `bench multicast` and the manager).
+    #[command(hide = true)]
+    Worker(cli::worker::Args),
     /// Replay a request trace on a simulated cluster and compare scale-out systems.
     Simulate(cli::simulate::Args),
 }
@@ -73,6 +78,8 @@ fn main() -> ExitCode {
         Command::Pack(a) => (a.json, cli::pack::run(a)),
         Command::Inspect(a) => (a.json, cli::inspect::run(a)),
         Command::Plan(a) => (a.json, cli::plan::run(a)),
+        Command::Bench(a) => (a.json(), cli::bench::run(a)),
+        Command::Worker(a) => (false, cli::worker::run(a)),
         Command::Simulate(a) => (a.json, cli::simulate::run(a)),
     };
     match result {

@@ -1,11 +1,13 @@
 //! One module per `faascale` subcommand.
 
+pub mod bench;
 pub mod generate;
 pub mod inspect;
 pub mod pack;
 pub mod plan;
 pub mod simulate;
 pub mod synth;
+pub mod worker;
 
 /// `--dtype` for GGUF sources: what quantized weights are dequantized to.
 pub fn gguf_dtype(s: &str) -> Result<kernels::DType, String> {

@@ -1,0 +1,665 @@
+//! The TCP backend: authenticated connections over blocking sockets.
+//!
+//! Threads, not epoll: each connection has one reader thread and its writers share one mutex;
+//! a node has one sender thread (its uplink sends one transfer block at a time, in plan order,
+//! which is what the plan assumes). With a handful of peers per node that is a small, fixed
+//! number of threads, and a blocking `read` straight into the destination region is the cheapest
+//! path the kernel offers short of zero-copy: one copy from the socket buffer into the region, no
+//! user-space staging buffer, no readiness round trip per chunk. epoll earns its keep with
+//! thousands of connections; a multicast node has O(log N) partners.
+//!
+//! Bounds: every blocking read and write has a timeout (`timeout_ms`); an idle connection sends a
+//! `Ping` every `timeout_ms / 4` (one keep-alive thread per process), so a peer that says nothing
+//! for `timeout_ms` is dead, and a write the peer does not drain for `timeout_ms` fails.
+
+use crate::auth::{random_bytes, Key, Secret, MAC_BYTES, NONCE_BYTES};
+use crate::control::Control;
+use crate::error::{Error, Result};
+use crate::region::Region;
+use crate::wire::{self, Kind, WriteDesc, HEADER_BYTES};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// The handshake must finish within this bound, whatever the connection's timeout.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Bytes read from the socket per `read` call when landing a write (bounds one syscall's work).
+const LAND_STEP_BYTES: usize = 4 << 20;
+
+const LABEL_HANDSHAKE: &str = "faascale/1 handshake";
+const LABEL_C2S: &str = "faascale/1 client-to-server";
+const LABEL_S2C: &str = "faascale/1 server-to-client";
+
+/// A frame as received: control messages parsed, writes described (their payload still in the socket).
+#[derive(Debug)]
+pub enum Incoming {
+    Control(Control),
+    Message(Vec<u8>),
+    /// `len` payload bytes follow: call `ConnReader::land` or `ConnReader::discard` next.
+    Write(WriteDesc),
+    /// The peer closed the connection, saying why.
+    Close(String),
+}
+
+/// The reading half of a connection; one thread owns it.
+pub struct ConnReader {
+    stream: TcpStream,
+    key: Key,
+    seq: u64,
+    buf: Vec<u8>,
+    pending: Option<WriteDesc>,
+    peer: String,
+    timeout_ms: u64,
+}
+
+struct WriterInner {
+    stream: TcpStream,
+    key: Key,
+    seq: u64,
+    last_send: Instant,
+    closed: bool,
+    /// The connection's timeout; a ping goes out after a quarter of it without a send.
+    timeout_ms: u64,
+}
+
+/// The writing half of a connection; clones share it (frames never interleave).
+#[derive(Clone)]
+pub struct ConnWriter {
+    inner: Arc<Mutex<WriterInner>>,
+    peer: Arc<str>,
+    timeout_ms: u64,
+}
+
+/// An authenticated connection.
+pub struct Conn {
+    pub reader: ConnReader,
+    pub writer: ConnWriter,
+}
+
+fn set_timeouts(s: &TcpStream, ms: u64, peer: &str) -> Result<()> {
+    let d = Some(Duration::from_millis(ms.max(1)));
+    s.set_read_timeout(d).map_err(|e| Error::Io { op: "set_read_timeout", peer: peer.into(), err: e })?;
+    s.set_write_timeout(d).map_err(|e| Error::Io { op: "set_write_timeout", peer: peer.into(), err: e })?;
+    Ok(())
+}
+
+/// Reads exactly one frame from `s` (the handshake's plain reader; `ConnReader` for sessions).
+fn read_frame(
+    s: &mut TcpStream,
+    key: &Key,
+    seq: u64,
+    buf: &mut Vec<u8>,
+    peer: &str,
+    ms: u64,
+) -> Result<(Kind, Vec<u8>)> {
+    let (kind, body) = read_frame_into(s, key, seq, buf, peer, ms)?;
+    Ok((kind, buf[body].to_vec()))
+}
+
+fn read_frame_into(
+    s: &mut TcpStream,
+    key: &Key,
+    seq: u64,
+    buf: &mut Vec<u8>,
+    peer: &str,
+    ms: u64,
+) -> Result<(Kind, std::ops::Range<usize>)> {
+    buf.resize(HEADER_BYTES, 0);
+    s.read_exact(&mut buf[..HEADER_BYTES]).map_err(|e| Error::io("read frame header", peer, e, ms))?;
+    let h = wire::parse_header(buf[..HEADER_BYTES].try_into().expect("24 bytes"))
+        .map_err(|err| Error::Wire { peer: peer.into(), err })?;
+    buf.resize(h.frame_bytes(), 0);
+    s.read_exact(&mut buf[HEADER_BYTES..]).map_err(|e| Error::io("read frame body", peer, e, ms))?;
+    match wire::decode(buf, key, seq).map_err(|err| Error::Wire { peer: peer.into(), err })? {
+        Some((f, _)) => Ok((f.kind, HEADER_BYTES..HEADER_BYTES + f.body.len())),
+        None => unreachable!("the whole frame was read"),
+    }
+}
+
+fn write_frame(s: &mut TcpStream, kind: Kind, seq: u64, body: &[u8], key: &Key, peer: &str, ms: u64) -> Result<()> {
+    let f = wire::encode(kind, seq, body, key).map_err(|err| Error::Wire { peer: peer.into(), err })?;
+    s.write_all(&f).map_err(|e| Error::io("write frame", peer, e, ms))
+}
+
+fn expect_kind(kind: Kind, want: Kind, what: &'static str, peer: &str) -> Result<()> {
+    if kind != want {
+        return Err(Error::Wire { peer: peer.into(), err: wire::WireError::Unexpected { kind, wanted: what } });
+    }
+    Ok(())
+}
+
+fn finish(
+    stream: TcpStream,
+    secret: &Secret,
+    client: bool,
+    cn: &[u8],
+    sn: &[u8],
+    peer: String,
+    ms: u64,
+) -> Result<Conn> {
+    let c2s = secret.derive(LABEL_C2S, &[cn, sn]);
+    let s2c = secret.derive(LABEL_S2C, &[cn, sn]);
+    let (tx, rx) = if client { (c2s, s2c) } else { (s2c, c2s) };
+    set_timeouts(&stream, ms, &peer)?;
+    let write_half = stream.try_clone().map_err(|e| Error::Io { op: "clone socket", peer: peer.clone(), err: e })?;
+    let inner = Arc::new(Mutex::new(WriterInner {
+        stream: write_half,
+        key: tx,
+        seq: 0,
+        last_send: Instant::now(),
+        closed: false,
+        timeout_ms: ms,
+    }));
+    keepalive_register(&inner);
+    Ok(Conn {
+        reader: ConnReader {
+            stream,
+            key: rx,
+            seq: 0,
+            buf: Vec::new(),
+            pending: None,
+            peer: peer.clone(),
+            timeout_ms: ms,
+        },
+        writer: ConnWriter { inner, peer: peer.into(), timeout_ms: ms },
+    })
+}
+
+/// Connects to `addr` and runs the client side of the mutual handshake. `timeout_ms` bounds
+/// every later read and write on the connection.
+pub fn connect(addr: SocketAddr, secret: &Secret, timeout_ms: u64) -> Result<Conn> {
+    let peer = addr.to_string();
+    let hs_ms = HANDSHAKE_TIMEOUT_MS.min(timeout_ms.max(1000));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(hs_ms))
+        .map_err(|e| Error::io("connect", &peer, e, hs_ms))?;
+    s.set_nodelay(true).map_err(|e| Error::Io { op: "set_nodelay", peer: peer.clone(), err: e })?;
+    set_timeouts(&s, hs_ms, &peer)?;
+    let hk = secret.derive(LABEL_HANDSHAKE, &[]);
+    let cn = random_bytes::<NONCE_BYTES>()?;
+    let mut buf = Vec::new();
+    write_frame(&mut s, Kind::Hello, 0, &cn, &hk, &peer, hs_ms)?;
+    let (kind, body) = read_frame(&mut s, &hk, 0, &mut buf, &peer, hs_ms).map_err(|e| match e {
+        Error::Wire { err: wire::WireError::BadMac { .. }, .. } => {
+            Error::Auth { peer: peer.clone(), reason: "the server's challenge is not MACed with our secret".into() }
+        }
+        e => e,
+    })?;
+    expect_kind(kind, Kind::Challenge, "a handshake challenge", &peer)?;
+    let (sn, server_proof) = body.split_at(NONCE_BYTES);
+    if !hk.verify(&[b"server", &cn, sn], server_proof) {
+        return Err(Error::Auth { peer, reason: "the server could not prove it holds the cluster secret".into() });
+    }
+    let proof = hk.mac(&[b"client", sn, &cn]);
+    write_frame(&mut s, Kind::Proof, 1, &proof, &hk, &peer, hs_ms)?;
+    let (kind, _) = read_frame(&mut s, &hk, 1, &mut buf, &peer, hs_ms).map_err(|e| match e {
+        Error::Closed { .. } => Error::Auth { peer: peer.clone(), reason: "the server refused our proof".into() },
+        e => e,
+    })?;
+    expect_kind(kind, Kind::Accept, "the handshake's accept", &peer)?;
+    let sn = sn.to_vec();
+    finish(s, secret, true, &cn, &sn, peer, timeout_ms)
+}
+
+/// Runs the server side of the handshake on an accepted socket.
+pub fn accept_handshake(mut s: TcpStream, secret: &Secret, timeout_ms: u64) -> Result<Conn> {
+    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let hs_ms = HANDSHAKE_TIMEOUT_MS.min(timeout_ms.max(1000));
+    s.set_nodelay(true).map_err(|e| Error::Io { op: "set_nodelay", peer: peer.clone(), err: e })?;
+    set_timeouts(&s, hs_ms, &peer)?;
+    let hk = secret.derive(LABEL_HANDSHAKE, &[]);
+    let mut buf = Vec::new();
+    let (kind, cn) = read_frame(&mut s, &hk, 0, &mut buf, &peer, hs_ms).map_err(|e| match e {
+        Error::Wire { err: wire::WireError::BadMac { .. }, .. } => {
+            Error::Auth { peer: peer.clone(), reason: "hello not MACed with the cluster secret".into() }
+        }
+        e => e,
+    })?;
+    expect_kind(kind, Kind::Hello, "a handshake hello", &peer)?;
+    let sn = random_bytes::<NONCE_BYTES>()?;
+    let mut body = Vec::with_capacity(NONCE_BYTES + MAC_BYTES);
+    body.extend_from_slice(&sn);
+    body.extend_from_slice(&hk.mac(&[b"server", &cn, &sn]));
+    write_frame(&mut s, Kind::Challenge, 0, &body, &hk, &peer, hs_ms)?;
+    let (kind, proof) = read_frame(&mut s, &hk, 1, &mut buf, &peer, hs_ms)?;
+    expect_kind(kind, Kind::Proof, "a handshake proof", &peer)?;
+    if !hk.verify(&[b"client", &sn, &cn], &proof) {
+        return Err(Error::Auth { peer, reason: "the client could not prove it holds the cluster secret".into() });
+    }
+    write_frame(&mut s, Kind::Accept, 1, &[], &hk, &peer, hs_ms)?;
+    finish(s, secret, false, &cn, &sn, peer, timeout_ms)
+}
+
+/// A listening socket that admits only peers holding the secret.
+pub struct Listener {
+    inner: TcpListener,
+    secret: Secret,
+    timeout_ms: u64,
+}
+
+impl Listener {
+    pub fn bind(addr: SocketAddr, secret: Secret, timeout_ms: u64) -> Result<Listener> {
+        let inner = TcpListener::bind(addr).map_err(|e| Error::Io { op: "bind", peer: addr.to_string(), err: e })?;
+        Ok(Listener { inner, secret, timeout_ms })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.inner.local_addr().map_err(|e| Error::Io { op: "local_addr", peer: "-".into(), err: e })
+    }
+
+    /// The next socket, not yet authenticated (run `handshake` on it, in its own thread if the
+    /// listener must not wait on a slow peer).
+    pub fn accept_raw(&self) -> Result<TcpStream> {
+        let (s, _) = self.inner.accept().map_err(|e| Error::Io { op: "accept", peer: "-".into(), err: e })?;
+        Ok(s)
+    }
+
+    /// Accepts and authenticates one connection.
+    pub fn accept(&self) -> Result<Conn> {
+        accept_handshake(self.accept_raw()?, &self.secret, self.timeout_ms)
+    }
+
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
+    }
+
+    /// The timeout connections accepted from now on get.
+    pub fn set_timeout_ms(&mut self, ms: u64) {
+        self.timeout_ms = ms;
+    }
+
+    /// Makes `accept` return within `timeout_ms` (as an error) when nobody connects.
+    pub fn set_nonblocking(&self, on: bool) -> Result<()> {
+        self.inner.set_nonblocking(on).map_err(|e| Error::Io { op: "set_nonblocking", peer: "-".into(), err: e })
+    }
+}
+
+impl Conn {
+    /// Changes the bound on every later read and write of this connection.
+    pub fn set_timeout_ms(&mut self, ms: u64) -> Result<()> {
+        set_timeouts(&self.reader.stream, ms, &self.reader.peer)?;
+        self.reader.timeout_ms = ms;
+        self.writer.timeout_ms = ms;
+        self.writer.inner.lock().unwrap_or_else(|p| p.into_inner()).timeout_ms = ms;
+        Ok(())
+    }
+}
+
+impl ConnReader {
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// The next frame; pings are consumed here. After `Incoming::Write`, `land` or `discard` must
+    /// be called before the next `recv`.
+    pub fn recv(&mut self) -> Result<Incoming> {
+        if let Some(d) = self.pending {
+            return Err(Error::Protocol {
+                peer: self.peer.clone(),
+                reason: format!("internal: the payload of a {}-byte write was neither landed nor discarded", d.len),
+            });
+        }
+        loop {
+            let (kind, body) =
+                read_frame_into(&mut self.stream, &self.key, self.seq, &mut self.buf, &self.peer, self.timeout_ms)?;
+            self.seq += 1;
+            let body = &self.buf[body];
+            match kind {
+                Kind::Ping => continue,
+                Kind::Control => return Ok(Incoming::Control(Control::from_body(body, &self.peer)?)),
+                Kind::Message => return Ok(Incoming::Message(body.to_vec())),
+                Kind::Close => return Ok(Incoming::Close(String::from_utf8_lossy(body).into_owned())),
+                Kind::Write => {
+                    let d = WriteDesc::decode(body).map_err(|err| Error::Wire { peer: self.peer.clone(), err })?;
+                    self.pending = Some(d);
+                    return Ok(Incoming::Write(d));
+                }
+                Kind::Hello | Kind::Challenge | Kind::Proof | Kind::Accept => {
+                    return Err(Error::Wire {
+                        peer: self.peer.clone(),
+                        err: wire::WireError::Unexpected { kind, wanted: "a session frame" },
+                    })
+                }
+            }
+        }
+    }
+
+    /// Reads the pending write's payload straight into `region` at the write's offset (one copy,
+    /// socket buffer → region). The range is checked against the region first; nothing is written
+    /// outside it. The caller must hold the range exclusively (the executor claims the block).
+    pub fn land(&mut self, region: &Region, region_id: u32) -> Result<WriteDesc> {
+        self.land_notify(region, region_id, 0, || {})
+    }
+
+    /// `land`, calling `near_end` once when at most `notify_remaining_bytes` are still to come
+    /// (the executor grants its next transfer then, so the link does not idle for a round trip).
+    pub fn land_notify(
+        &mut self,
+        region: &Region,
+        region_id: u32,
+        notify_remaining_bytes: usize,
+        mut near_end: impl FnMut(),
+    ) -> Result<WriteDesc> {
+        let d = self.pending.take().ok_or_else(|| Error::Protocol {
+            peer: self.peer.clone(),
+            reason: "internal: land without a pending write".into(),
+        })?;
+        if region.kind() != crate::region::MemKind::Host || region.read_only() {
+            return Err(Error::Region(
+                "the TCP backend lands bytes only in writable host memory (register a host region)".into(),
+            ));
+        }
+        let range = region.check(region_id, d.offset, d.len)?;
+        let mut at = 0usize;
+        let len = range.len();
+        let base = region.ptr_at(&range);
+        let mut notified = false;
+        while at < len {
+            if !notified && len - at <= notify_remaining_bytes {
+                notified = true;
+                near_end();
+            }
+            // Stop a read at the notification point, so the call happens on time.
+            let to_mark = (len - at).saturating_sub(notify_remaining_bytes);
+            let want = if !notified && to_mark > 0 { to_mark } else { len - at };
+            let step = want.min(LAND_STEP_BYTES);
+            // SAFETY: [at, at + step) lies inside `range`, which `check` proved inside the region; the
+            // caller holds the range exclusively, so no other reference to these bytes exists.
+            let dst = unsafe { std::slice::from_raw_parts_mut(base.add(at), step) };
+            match self.stream.read(dst) {
+                Ok(0) => return Err(Error::Closed { peer: self.peer.clone(), during: "a write's payload" }),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read write payload", &self.peer, e, self.timeout_ms)),
+            }
+        }
+        Ok(d)
+    }
+
+    /// `land` at `offset` of `region` instead of the offset the write names (a read's answer
+    /// lands where the reader asked, whatever the answer says).
+    pub fn land_at(&mut self, region: &Region, offset: u64) -> Result<WriteDesc> {
+        let d = self.pending.as_mut().ok_or_else(|| Error::Protocol {
+            peer: self.peer.clone(),
+            reason: "internal: land without a pending write".into(),
+        })?;
+        let asked = *d;
+        d.offset = offset;
+        let mut landed = self.land(region, u32::MAX)?;
+        landed.offset = asked.offset;
+        Ok(landed)
+    }
+
+    /// Reads and drops the pending write's payload (a block already held or landing elsewhere).
+    pub fn discard(&mut self) -> Result<WriteDesc> {
+        let d = self.pending.take().ok_or_else(|| Error::Protocol {
+            peer: self.peer.clone(),
+            reason: "internal: discard without a pending write".into(),
+        })?;
+        let mut sink = vec![0u8; 64 << 10];
+        let mut left = d.len;
+        while left > 0 {
+            let step = left.min(sink.len() as u64) as usize;
+            match self.stream.read(&mut sink[..step]) {
+                Ok(0) => return Err(Error::Closed { peer: self.peer.clone(), during: "a write's payload" }),
+                Ok(n) => left -= n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read write payload", &self.peer, e, self.timeout_ms)),
+            }
+        }
+        Ok(d)
+    }
+}
+
+impl ConnWriter {
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    fn send(&self, kind: Kind, body: &[u8], payload: &[u8]) -> Result<()> {
+        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if w.closed {
+            return Err(Error::Closed { peer: self.peer.to_string(), during: "send (already closed)" });
+        }
+        let frame =
+            wire::encode(kind, w.seq, body, &w.key).map_err(|err| Error::Wire { peer: self.peer.to_string(), err })?;
+        w.seq += 1;
+        let r = w.stream.write_all(&frame).and_then(|_| w.stream.write_all(payload));
+        w.last_send = Instant::now();
+        if let Err(e) = r {
+            w.closed = true;
+            let _ = w.stream.shutdown(std::net::Shutdown::Both);
+            return Err(Error::io("write", &self.peer, e, self.timeout_ms));
+        }
+        Ok(())
+    }
+
+    pub fn control(&self, m: &Control) -> Result<()> {
+        self.send(Kind::Control, &m.to_body(), &[])
+    }
+
+    pub fn message(&self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() > wire::MAX_MESSAGE_BYTES {
+            return Err(Error::Channel(format!(
+                "a message of {} bytes; at most {}",
+                bytes.len(),
+                wire::MAX_MESSAGE_BYTES
+            )));
+        }
+        self.send(Kind::Message, bytes, &[])
+    }
+
+    /// Sends a write: the descriptor frame, then `payload` (whose length must be `desc.len`).
+    pub fn write(&self, desc: WriteDesc, payload: &[u8]) -> Result<()> {
+        if payload.len() as u64 != desc.len {
+            return Err(Error::Protocol {
+                peer: self.peer.to_string(),
+                reason: format!("internal: write announces {} bytes, payload has {}", desc.len, payload.len()),
+            });
+        }
+        self.send(Kind::Write, &desc.encode(), payload)
+    }
+
+    /// Sends `Close` with a reason and shuts the socket down.
+    pub fn close(&self, reason: &str) {
+        let r = &reason.as_bytes()[..reason.len().min(wire::MAX_CLOSE_BYTES)];
+        let _ = self.send(Kind::Close, r, &[]);
+        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        w.closed = true;
+        let _ = w.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Shuts the socket down at once (both halves: a blocked reader returns).
+    pub fn abort(&self) {
+        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        w.closed = true;
+        let _ = w.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+// ---- keep-alive: one thread per process pings idle connections ----
+
+struct Keepalive {
+    conns: Mutex<Vec<Weak<Mutex<WriterInner>>>>,
+}
+
+/// Most connections one process keeps alive at once (a multicast node has O(log N) partners).
+const MAX_KEEPALIVE_CONNS: usize = 65_536;
+
+fn keepalive_register(w: &Arc<Mutex<WriterInner>>) {
+    static KA: OnceLock<Arc<Keepalive>> = OnceLock::new();
+    let ka = KA.get_or_init(|| {
+        let ka = Arc::new(Keepalive { conns: Mutex::new(Vec::new()) });
+        let k2 = ka.clone();
+        std::thread::Builder::new()
+            .name("rdma-keepalive".into())
+            .spawn(move || keepalive_loop(&k2))
+            .expect("spawn keep-alive thread");
+        ka
+    });
+    let mut c = ka.conns.lock().unwrap_or_else(|p| p.into_inner());
+    c.retain(|w| w.strong_count() > 0);
+    if c.len() < MAX_KEEPALIVE_CONNS {
+        c.push(Arc::downgrade(w));
+    } else {
+        log::warn!("{MAX_KEEPALIVE_CONNS} connections kept alive already; a new one will not be pinged");
+    }
+}
+
+fn keepalive_loop(ka: &Keepalive) {
+    loop {
+        let list: Vec<Weak<Mutex<WriterInner>>> = {
+            let mut c = ka.conns.lock().unwrap_or_else(|p| p.into_inner());
+            c.retain(|w| w.strong_count() > 0);
+            c.clone()
+        };
+        let mut sleep_ms = 250u64;
+        for w in list {
+            let Some(w) = w.upgrade() else { continue };
+            // A writer busy with a long write is evidently alive: skip it rather than wait.
+            let Ok(mut g) = w.try_lock() else { continue };
+            let every = Duration::from_millis((g.timeout_ms / 4).max(10));
+            sleep_ms = sleep_ms.min(every.as_millis() as u64 / 2).max(5);
+            if g.closed || g.last_send.elapsed() < every {
+                continue;
+            }
+            let Ok(frame) = wire::encode(Kind::Ping, g.seq, &[], &g.key) else { continue };
+            g.seq += 1;
+            g.last_send = Instant::now();
+            if g.stream.write_all(&frame).is_err() {
+                g.closed = true;
+                let _ = g.stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(sleep_ms));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(b: u8) -> Secret {
+        Secret::new(vec![b; 32]).unwrap()
+    }
+
+    fn pair(server_secret: Secret, client_secret: Secret) -> (Result<Conn>, Result<Conn>) {
+        let l = Listener::bind("127.0.0.1:0".parse().unwrap(), server_secret, 2000).unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || l.accept());
+        let c = connect(addr, &client_secret, 2000);
+        (t.join().unwrap(), c)
+    }
+
+    #[test]
+    fn peers_with_the_secret_talk_in_both_directions() {
+        let (s, c) = pair(secret(1), secret(1));
+        let (mut s, c) = (s.unwrap(), c.unwrap());
+        c.writer.control(&Control::Iam { node: 3 }).unwrap();
+        c.writer.message(b"hidden states").unwrap();
+        assert!(matches!(s.reader.recv().unwrap(), Incoming::Control(Control::Iam { node: 3 })));
+        assert!(matches!(s.reader.recv().unwrap(), Incoming::Message(m) if m == b"hidden states"));
+        let mut cr = c.reader;
+        s.writer.control(&Control::Finish).unwrap();
+        assert!(matches!(cr.recv().unwrap(), Incoming::Control(Control::Finish)));
+    }
+
+    #[test]
+    fn a_peer_without_the_secret_is_refused_on_both_sides() {
+        let (s, c) = pair(secret(1), secret(2));
+        let se = s.err().expect("server must refuse").to_string();
+        assert!(se.contains("authentication failed"), "{se}");
+        assert!(c.is_err());
+    }
+
+    #[test]
+    fn writes_land_in_bounds_and_out_of_bounds_writes_are_refused() {
+        let (s, c) = pair(secret(1), secret(1));
+        let (mut s, c) = (s.unwrap(), c.unwrap());
+        let region = crate::region::OwnedRegion::zeroed(8192).unwrap();
+        c.writer.write(WriteDesc { region: 0, offset: 4096, len: 5, tag: 9 }, b"abcde").unwrap();
+        assert!(matches!(s.reader.recv().unwrap(), Incoming::Write(d) if d.tag == 9));
+        s.reader.land(region.region(), 0).unwrap();
+        // SAFETY: nobody else writes the region now.
+        assert_eq!(unsafe { region.bytes(4096, 5) }.unwrap(), b"abcde");
+        c.writer.write(WriteDesc { region: 0, offset: 8190, len: 5, tag: 1 }, b"vwxyz").unwrap();
+        assert!(matches!(s.reader.recv().unwrap(), Incoming::Write(_)));
+        assert!(matches!(s.reader.land(region.region(), 0), Err(Error::Bounds { offset: 8190, .. })));
+        // SAFETY: as above.
+        assert_eq!(unsafe { region.bytes(8186, 6) }.unwrap(), &[0; 6], "nothing written");
+    }
+
+    #[test]
+    fn a_payload_longer_than_announced_breaks_the_next_frame() {
+        let (s, c) = pair(secret(1), secret(1));
+        let (mut s, c) = (s.unwrap(), c.unwrap());
+        let region = crate::region::OwnedRegion::zeroed(4096).unwrap();
+        // announce 4 bytes, send 8: the extra 4 are read as the next header and refused
+        {
+            let mut w = c.writer.inner.lock().unwrap();
+            let f = wire::encode(Kind::Write, 0, &WriteDesc { region: 0, offset: 0, len: 4, tag: 0 }.encode(), &w.key)
+                .unwrap();
+            w.stream.write_all(&f).unwrap();
+            w.stream.write_all(b"12345678").unwrap();
+            w.stream.write_all(&[0; 64]).unwrap();
+        }
+        assert!(matches!(s.reader.recv().unwrap(), Incoming::Write(_)));
+        s.reader.land(region.region(), 0).unwrap();
+        let e = s.reader.recv().unwrap_err();
+        assert!(matches!(e, Error::Wire { err: wire::WireError::BadMagic { .. }, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_replayed_frame_is_refused() {
+        let (s, c) = pair(secret(1), secret(1));
+        let (mut s, c) = (s.unwrap(), c.unwrap());
+        let f = {
+            let w = c.writer.inner.lock().unwrap();
+            wire::encode(Kind::Control, 0, &Control::Start.to_body(), &w.key).unwrap()
+        };
+        {
+            let mut w = c.writer.inner.lock().unwrap();
+            w.stream.write_all(&f).unwrap();
+            w.stream.write_all(&f).unwrap(); // the same bytes again
+        }
+        assert!(matches!(s.reader.recv().unwrap(), Incoming::Control(Control::Start)));
+        let e = s.reader.recv().unwrap_err().to_string();
+        assert!(e.contains("replayed"), "{e}");
+    }
+
+    #[test]
+    fn a_silent_peer_times_out_and_an_idle_one_does_not() {
+        let l = Listener::bind("127.0.0.1:0".parse().unwrap(), secret(1), 300).unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || l.accept().unwrap());
+        let c = connect(addr, &secret(1), 300).unwrap();
+        let mut s = t.join().unwrap();
+        // idle but alive: keep-alive pings keep the reader waiting, then a real message arrives
+        let w = c.writer.clone();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            w.control(&Control::Ready).unwrap();
+        });
+        assert!(matches!(s.reader.recv().unwrap(), Incoming::Control(Control::Ready)));
+        sender.join().unwrap();
+        // alive socket, silent process (as under SIGSTOP): no pings get out, the reader times out
+        let held = c.writer.inner.lock().unwrap();
+        let t0 = Instant::now();
+        let e = s.reader.recv().unwrap_err();
+        assert!(matches!(e, Error::Timeout { timeout_ms: 300, .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_millis(1500));
+        drop(held);
+        // silent: a raw socket that authenticated nothing sends no pings
+        let l = Listener::bind("127.0.0.1:0".parse().unwrap(), secret(1), 300).unwrap();
+        let addr = l.local_addr().unwrap();
+        let _raw = TcpStream::connect(addr).unwrap();
+        let t0 = Instant::now();
+        let e = l.accept().err().expect("silent handshake must time out");
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_millis(HANDSHAKE_TIMEOUT_MS + 500));
+    }
+}
