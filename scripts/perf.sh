@@ -20,3 +20,17 @@ for i in 1 2 3; do
   target/release/faascale pack --model "$gguf" -o target/perf-pack.fspack --json --log warn
 done
 rm -f target/perf-pack.fspack
+echo "== multicast planning speed (1,000 nodes × 64 blocks, k = 8)" >&2
+cargo bench -p planner --bench plan_bench
+echo "== trace replay speed (one core)" >&2
+taskset -c 0 cargo bench -p planner --bench sim_bench
+echo "== block multicast between worker processes" >&2
+cargo build --release -p server
+for algo in faascale nccl faasnet; do
+  target/release/faascale bench multicast --nodes 9 --sources 1 --bytes 268435456 --blocks 16 --algo "$algo" --netns --link-mbit 1000 --json --log warn
+done
+target/release/faascale bench multicast --nodes 10 --sources 2 --bytes 268435456 --blocks 16 --algo faascale --netns --link-mbit 1000 --json --log warn
+if command -v iperf3 >/dev/null; then
+  iperf3 -s -1 -D -p 5299; sleep 0.5; iperf3 -c 127.0.0.1 -p 5299 -P 4 -t 3 | tail -4
+fi
+target/release/faascale bench multicast --nodes 5 --sources 1 --bytes 1073741824 --blocks 16 --algo faascale --json --log warn
