@@ -38,6 +38,9 @@ pub enum PipelineError {
     Invalid { what: &'static str, msg: String },
     /// A compute kernel rejected its arguments (an engine bug if it happens).
     Kernel(kernels::KernelError),
+    /// A GPU driver call or CUDA kernel launch failed: `op` names what the engine was doing,
+    /// `msg` carries the driver's error name or the launcher's refusal.
+    Gpu { op: &'static str, msg: String },
     /// A packed block file is malformed: preamble, header, tensor index or block table.
     Packed { path: PathBuf, offset: u64, msg: String },
     /// A transfer block of a packed file does not match its crc32c.
@@ -97,6 +100,7 @@ impl fmt::Display for PipelineError {
             Wire { offset, msg } => write!(f, "hidden-state message at byte {offset}: {msg}"),
             Invalid { what, msg } => write!(f, "invalid {what}: {msg}"),
             Kernel(e) => write!(f, "kernel: {e}"),
+            Gpu { op, msg } => write!(f, "gpu ({op}): {msg}"),
             Packed { path, offset, msg } => write!(f, "{}: malformed packed file at byte {offset}: {msg}", path.display()),
             ChecksumMismatch { path, exec_block, transfer_block, offset, len, expected, got } => write!(
                 f,

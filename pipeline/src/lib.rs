@@ -8,6 +8,7 @@ pub mod blocks;
 pub mod chat;
 pub mod config;
 pub mod engine;
+pub mod gpu;
 pub mod error;
 pub mod gguf;
 pub mod kv;

@@ -42,6 +42,8 @@ enum Command {
     Worker(cli::worker::Args),
     /// Replay a request trace on a simulated cluster and compare scale-out systems.
     Simulate(cli::simulate::Args),
+    /// Check the CUDA kernels and the GPU engine against the CPU and time them (lent GPU machine).
+    GpuCheck(cli::gpu_check::Args),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => (a.json(), cli::bench::run(a)),
         Command::Worker(a) => (false, cli::worker::run(a)),
         Command::Simulate(a) => (a.json, cli::simulate::run(a)),
+        Command::GpuCheck(a) => (a.json, cli::gpu_check::run(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

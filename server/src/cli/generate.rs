@@ -42,6 +42,9 @@ pub struct Args {
     /// For a GGUF model: dequantize to f32 (what transformers computes with) or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// cuda or cpu (default: cuda when a GPU is found and the model runs there, else cpu).
+    #[arg(long)]
+    device: Option<String>,
     /// Print one line of JSON as the last line of standard output.
     #[arg(long)]
     pub json: bool,
@@ -74,8 +77,9 @@ pub fn run(a: Args) -> Result<(), String> {
     if threads == 0 || threads > 1024 {
         return Err(format!("--threads {threads}: expected 1 ..= 1024"));
     }
+    let device = pipeline::gpu::select::pick_device(a.device.as_deref())?;
     let t_load = std::time::Instant::now();
-    let model = Model::open_with(&a.model, super::gguf_dtype(&a.dtype)?).map_err(|e| e.to_string())?;
+    let (model, packed) = pipeline::gpu::select::open_model(&a.model, super::gguf_dtype(&a.dtype)?, device)?;
     let prompt = match (&a.prompt, &a.tokens) {
         (_, Some(t)) => parse_tokens(t)?,
         (Some(text), None) => {
@@ -87,28 +91,49 @@ pub fn run(a: Args) -> Result<(), String> {
         }
         (None, None) => return Err("give --prompt TEXT or --tokens 1,2,3".into()),
     };
-    let pool = Arc::new(Pool::new(threads));
     let cfg = model.config.clone();
     let num_blocks = pipeline::BlockLayout::default_for(cfg.num_hidden_layers).map_err(|e| e.to_string())?.num_blocks;
-    let limits = StageLimits::default();
-    let stage = model.stage(num_blocks, 0..num_blocks, pool, limits).map_err(|e| e.to_string())?;
-    let mut engine = Engine::new(vec![stage]).map_err(|e| e.to_string())?;
-    log::info!(
-        "loaded {} ({}, {} parameters) in {:.0} ms; {threads} threads, {} kernels",
-        model.path.display(),
-        cfg.arch.hf_name(),
-        cfg.parameter_count(),
-        t_load.elapsed().as_secs_f64() * 1e3,
-        kernels::variant()
-    );
     let req = GenRequest {
         prompt: prompt.clone(),
         max_tokens: a.max_tokens,
         sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
         ignore_eos: a.ignore_eos,
     };
-    let out = engine.generate(std::slice::from_ref(&req), limits.max_batch_rows).map_err(|e| e.to_string())?;
-    let r = &out[0];
+    let gpu_stage = match device {
+        pipeline::gpu::select::Device::Cpu => None,
+        d => pipeline::gpu::select::whole_model_stage(
+            &model,
+            packed.as_deref(),
+            num_blocks,
+            d == pipeline::gpu::select::Device::Cuda,
+        )?,
+    };
+    let (r, backend) = if let Some(mut stage) = gpu_stage {
+        log::info!(
+            "loaded {} ({}, {} parameters) to the GPU in {:.0} ms",
+            model.path.display(),
+            cfg.arch.hf_name(),
+            cfg.parameter_count(),
+            t_load.elapsed().as_secs_f64() * 1e3
+        );
+        (pipeline::gpu::generate::generate(&mut stage, &req).map_err(|e| e.to_string())?, "cuda".to_string())
+    } else {
+        let pool = Arc::new(Pool::new(threads));
+        let limits = StageLimits::default();
+        let stage = model.stage(num_blocks, 0..num_blocks, pool, limits).map_err(|e| e.to_string())?;
+        let mut engine = Engine::new(vec![stage]).map_err(|e| e.to_string())?;
+        log::info!(
+            "loaded {} ({}, {} parameters) in {:.0} ms; {threads} threads, {} kernels",
+            model.path.display(),
+            cfg.arch.hf_name(),
+            cfg.parameter_count(),
+            t_load.elapsed().as_secs_f64() * 1e3,
+            kernels::variant()
+        );
+        let mut out = engine.generate(std::slice::from_ref(&req), limits.max_batch_rows).map_err(|e| e.to_string())?;
+        (out.remove(0), format!("cpu-{}", kernels::variant()))
+    };
+    let r = &r;
     let text = match &model.tokenizer {
         Some(t) => Some(t.decode(&r.tokens).map_err(|e| e.to_string())?),
         None => None,
@@ -127,7 +152,7 @@ pub fn run(a: Args) -> Result<(), String> {
             serde_json::json!({
                 "prompt_tokens": prompt, "tokens": r.tokens, "text": text,
                 "ttft_ms": r.ttft_ms, "decode_tokens_per_s": r.decode_tokens_per_s,
-                "finish_reason": r.finish.as_str(), "threads": threads, "kernels": kernels::variant(),
+                "finish_reason": r.finish.as_str(), "threads": threads, "kernels": kernels::variant(), "device": backend,
             })
         );
     } else {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod generate;
+pub mod gpu_check;
 pub mod inspect;
 pub mod pack;
 pub mod plan;

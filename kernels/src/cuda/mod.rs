@@ -6,8 +6,53 @@
 //! PTX ISA above [`PTX_MAX_ISA`] (the CUDA 13.0 driver of the lent GPUs loads ISA ≤ 9.0) or on a
 //! file ptxas rejects. Each `.cu` file's header comment is its contract: semantics, launch
 //! configuration (grid, block, shared memory), limits, batch invariance; `docs/gpu.md` sums
-//! them up. This module only lists what is there: no launcher yet, and none of these kernels
-//! has run on a GPU yet.
+//! them up. [`CudaKernels`] loads the modules once per context and launches each op through a
+//! safe function that checks the contract first ([`check`]: pure functions, tested without a
+//! GPU). None of these kernels has run on a GPU yet: `faascale gpu-check` is the first run.
+
+pub mod check;
+mod ops;
+
+pub use check::{DecodeSeq, PrefillSeq};
+/// The CUDA driver wrappers the launchers take (re-exported for crates that use `kernels` only).
+pub use gpu as driver;
+/// The bf16 type the launchers take (re-exported with the driver wrappers).
+pub use half::bf16;
+pub use ops::{CudaKernels, DecodeWorkspace, Epilogue, OutElem, View, ViewMut};
+
+/// Why a CUDA op was refused or failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CudaOpError {
+    /// Arguments outside the op's contract (shape, size, alignment, buffer length): nothing was queued.
+    Shape { op: &'static str, reason: String },
+    /// An embedding id at or above the vocabulary (the kernel zeroed that row).
+    BadTokenId { row: usize, id: u32, vocab: usize },
+    /// A PTX module or entry point the driver would not load.
+    Load { module: &'static str, source: gpu::GpuError },
+    /// A driver call failed (out of memory, lost context, ...).
+    Gpu(gpu::GpuError),
+}
+
+impl std::fmt::Display for CudaOpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CudaOpError::Shape { op, reason } => write!(f, "CUDA {op}: {reason}"),
+            CudaOpError::BadTokenId { row, id, vocab } => {
+                write!(f, "CUDA embedding: row {row} has token id {id}, not below the vocabulary size {vocab}")
+            }
+            CudaOpError::Load { module, source } => write!(f, "loading PTX module {module}: {source}"),
+            CudaOpError::Gpu(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for CudaOpError {}
+
+impl From<gpu::GpuError> for CudaOpError {
+    fn from(e: gpu::GpuError) -> Self {
+        CudaOpError::Gpu(e)
+    }
+}
 
 /// Highest PTX ISA (major, minor) the target driver (CUDA 13.0) loads.
 pub const PTX_MAX_ISA: (u32, u32) = (9, 0);
@@ -29,7 +74,7 @@ macro_rules! module {
     ($op:literal, $target:literal, [$($entry:literal),+ $(,)?]) => {
         PtxModule {
             op: $op,
-            ptx: include_str!(concat!("../ptx/", $op, ".ptx")),
+            ptx: include_str!(concat!("../../ptx/", $op, ".ptx")),
             entries: &[$($entry),+],
             target: $target,
         }
@@ -258,32 +303,32 @@ mod tests {
     #[test]
     fn launch_constants_match_the_cuda_sources() {
         use launch::*;
-        let gemm = include_str!("../cuda/gemm_bf16.cu");
+        let gemm = include_str!("../../cuda/gemm_bf16.cu");
         assert_eq!(define(gemm, "GEMM_BM"), GEMM_TILE_M.to_string());
         assert_eq!(define(gemm, "GEMM_BN"), GEMM_TILE_N.to_string());
         assert_eq!(define(gemm, "GEMM_THREADS"), BLOCK_THREADS.to_string());
-        let gemv = include_str!("../cuda/gemv_bf16.cu");
+        let gemv = include_str!("../../cuda/gemv_bf16.cu");
         assert_eq!(define(gemv, "GEMV_ROWS"), GEMV_X_ROWS.to_string());
         assert_eq!(define(gemv, "GEMV_WARPS"), GEMV_WEIGHT_ROWS.to_string());
         assert_eq!(GEMV_WEIGHT_ROWS * 32, BLOCK_THREADS);
         for (src, name) in [
-            (include_str!("../cuda/rmsnorm.cu"), "RMSNORM_THREADS"),
-            (include_str!("../cuda/rope.cu"), "ROPE_THREADS"),
-            (include_str!("../cuda/silu_mul.cu"), "SILU_THREADS"),
-            (include_str!("../cuda/embedding.cu"), "EMBED_THREADS"),
-            (include_str!("../cuda/argmax.cu"), "ARGMAX_THREADS"),
-            (include_str!("../cuda/attention_prefill.cu"), "ATTN_PREFILL_THREADS"),
+            (include_str!("../../cuda/rmsnorm.cu"), "RMSNORM_THREADS"),
+            (include_str!("../../cuda/rope.cu"), "ROPE_THREADS"),
+            (include_str!("../../cuda/silu_mul.cu"), "SILU_THREADS"),
+            (include_str!("../../cuda/embedding.cu"), "EMBED_THREADS"),
+            (include_str!("../../cuda/argmax.cu"), "ARGMAX_THREADS"),
+            (include_str!("../../cuda/attention_prefill.cu"), "ATTN_PREFILL_THREADS"),
         ] {
             assert_eq!(define(src, name), BLOCK_THREADS.to_string(), "{name}");
         }
-        assert_eq!(define(include_str!("../cuda/rope.cu"), "ROPE_MAX_HALF"), (ROPE_MAX_HEAD_DIM / 2).to_string());
-        let attn = include_str!("../cuda/fs_attn.h");
+        assert_eq!(define(include_str!("../../cuda/rope.cu"), "ROPE_MAX_HALF"), (ROPE_MAX_HEAD_DIM / 2).to_string());
+        let attn = include_str!("../../cuda/fs_attn.h");
         assert_eq!(define(attn, "ATTN_PAIRS_PER_WARP"), ATTN_DECODE_HEADS_PER_WARP.to_string());
         let pairs: u32 = define(attn, "ATTN_PAIRS_PER_WARP").parse::<u32>().unwrap()
             * define(attn, "ATTN_MAX_WARPS").parse::<u32>().unwrap();
         assert_eq!(pairs, ATTN_PAIRS_PER_BLOCK);
         assert_eq!(pairs, ATTN_DECODE_MAX_GROUP);
-        let decode = include_str!("../cuda/attention_decode.cu");
+        let decode = include_str!("../../cuda/attention_decode.cu");
         assert_eq!(define(decode, "ATTN_DECODE_CHUNK"), ATTN_DECODE_CHUNK_KEYS.to_string());
         assert_eq!(define(decode, "ATTN_COMBINE_THREADS"), ATTN_COMBINE_THREADS.to_string());
         for hd in ATTN_HEAD_DIMS {
@@ -312,7 +357,7 @@ mod tests {
             ],
             [0, 8, 16, 20]
         );
-        let h = include_str!("../cuda/fs_attn.h");
+        let h = include_str!("../../cuda/fs_attn.h");
         for field in ["unsigned long long k;", "unsigned long long v;", "unsigned int q_row0;", "unsigned int n_q;"] {
             assert!(h.contains(field), "fs_attn.h lacks `{field}`");
         }

@@ -1,0 +1,117 @@
+//! `faascale gpu-check` and `generate --device` on machines without a CUDA driver: clean errors,
+//! one JSON line, and the CPU fallback when no device was asked for. (On a machine with a
+//! driver these tests return early; scripts/gpu_check.sh runs the real check there.)
+
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn faascale(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_faascale")).args(args).env("FAASCALE_THREADS", "2").output().unwrap()
+}
+
+fn last_json(out: &Output) -> Value {
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let last =
+        stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
+}
+
+/// True when this machine has no CUDA driver (the tests below are about that case).
+fn no_driver() -> bool {
+    let out = faascale(&["gpu-check", "--json", "--skip-model", "--skip-torch"]);
+    let j = last_json(&out);
+    j["error"].as_str().is_some_and(|e| e.starts_with("no CUDA driver"))
+}
+
+#[test]
+fn gpu_check_without_a_driver_says_so_in_text_and_json() {
+    if !no_driver() {
+        return;
+    }
+    let out = faascale(&["gpu-check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: no CUDA driver: tried libcuda.so.1"), "{err}");
+    let out = faascale(&["gpu-check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let j = last_json(&out);
+    assert!(j["error"].as_str().unwrap().starts_with("no CUDA driver: tried libcuda.so.1"), "{j}");
+}
+
+fn synth(dir: &std::path::Path, preset: &str, dtype: &str) {
+    let out = faascale(&["synth", "--preset", preset, "--dtype", dtype, "--seed", "2", "-o", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn generate_device_cuda_without_a_driver_is_an_error_and_the_default_falls_back_to_cpu() {
+    if !no_driver() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    synth(&dir, "tiny-llama", "bf16");
+    let m = dir.to_str().unwrap();
+    let base = ["generate", "--model", m, "--tokens", "1,2,3", "--max-tokens", "3", "--ignore-eos", "--json"];
+
+    let out = faascale(&[&base[..], &["--device", "cuda"]].concat());
+    assert!(!out.status.success());
+    let e = last_json(&out)["error"].as_str().unwrap().to_string();
+    // tiny-llama has head_dim 16: refused by the model check before the device is even opened
+    assert!(e.starts_with("--device cuda:") && e.contains("head_dim 16"), "{e}");
+
+    let out = faascale(&base);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j = last_json(&out);
+    assert!(j["device"].as_str().unwrap().starts_with("cpu"), "{j}");
+    assert_eq!(j["tokens"].as_array().unwrap().len(), 3);
+    let cpu_tokens = j["tokens"].clone();
+    let out = faascale(&[&base[..], &["--device", "cpu"]].concat());
+    assert_eq!(last_json(&out)["tokens"], cpu_tokens);
+
+    let out = faascale(&[&base[..], &["--device", "tpu"]].concat());
+    assert_eq!(last_json(&out)["error"], "--device tpu: expected cuda or cpu");
+}
+
+#[test]
+fn generate_device_cuda_names_the_missing_driver_for_a_supported_model() {
+    if !no_driver() {
+        return;
+    }
+    // head_dim 64, bf16, GQA: everything the GPU path needs except a driver.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256, "hidden_size": 128,
+            "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "head_dim": 64, "rms_norm_eps": 1e-5, "max_position_embeddings": 128, "torch_dtype": "bfloat16"}"#,
+    )
+    .unwrap();
+    let dir = tmp.path().join("m");
+    let out = faascale(&["synth", "--config", cfg.to_str().unwrap(), "-o", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = dir.to_str().unwrap();
+    let out =
+        faascale(&["generate", "--model", m, "--tokens", "1,2", "--max-tokens", "2", "--device", "cuda", "--json"]);
+    assert!(!out.status.success());
+    let e = last_json(&out)["error"].as_str().unwrap().to_string();
+    assert!(e.starts_with("--device cuda:") && e.contains("no CUDA driver"), "{e}");
+    // Qwen2 (attention biases) is refused by name.
+    let q = tmp.path().join("q");
+    synth(&q, "tiny-qwen2", "bf16");
+    let out = faascale(&[
+        "generate",
+        "--model",
+        q.to_str().unwrap(),
+        "--tokens",
+        "1",
+        "--max-tokens",
+        "1",
+        "--device",
+        "cuda",
+        "--json",
+    ]);
+    let e = last_json(&out)["error"].as_str().unwrap().to_string();
+    assert!(e.contains("attention biases are not supported"), "{e}");
+}
