@@ -66,11 +66,92 @@ pub enum StageOutput {
 
 /// One contiguous run of a sequence's rows in the batch.
 #[derive(Clone, Copy, Debug)]
-struct Group {
-    seq: u64,
-    rows: (usize, usize), // [start, end) rows of the batch
-    pos0: usize,
-    is_new: bool,
+pub(crate) struct Group {
+    pub(crate) seq: u64,
+    pub(crate) rows: (usize, usize), // [start, end) rows of the batch
+    pub(crate) pos0: usize,
+    pub(crate) is_new: bool,
+}
+
+/// What a stage checks a batch against (shared by the CPU and GPU stages).
+pub(crate) struct BatchShape<'a> {
+    pub(crate) cfg: &'a ModelConfig,
+    pub(crate) blocks: &'a Range<usize>,
+    pub(crate) max_rows: usize,
+    pub(crate) max_context: usize,
+}
+
+/// Checks a batch's shape and cuts it into per-sequence groups of contiguous rows: input kind
+/// and length for the stage, token ids below the vocabulary, each sequence's rows contiguous
+/// and starting where its cache ends (`held(seq)`: the cached length, `None` if the sequence is
+/// new), no sequence past `max_context`.
+pub(crate) fn group_rows(b: &StageBatch, s: &BatchShape, held: impl Fn(u64) -> Option<usize>) -> Result<Vec<Group>> {
+    let n = b.seq_ids.len();
+    let bad = |msg: String| Err(PipelineError::Batch { msg });
+    if n == 0 {
+        return bad("no rows".into());
+    }
+    if n > s.max_rows {
+        return Err(PipelineError::Limit { what: "rows in one batch", limit: s.max_rows, requested: n });
+    }
+    if b.positions.len() != n {
+        return bad(format!("{} seq_ids but {} positions", n, b.positions.len()));
+    }
+    let d = s.cfg.hidden_size;
+    match (&b.input, s.blocks.start == 0) {
+        (StageInput::Tokens(t), true) => {
+            if t.len() != n {
+                return bad(format!("{n} rows but {} token ids", t.len()));
+            }
+            if let Some((i, &tok)) = t.iter().enumerate().find(|(_, &t)| t as usize >= s.cfg.vocab_size) {
+                return Err(PipelineError::TokenOutOfRange { token: tok, vocab_size: s.cfg.vocab_size, index: i });
+            }
+        }
+        (StageInput::Hidden(h), false) => {
+            if h.len() != n * d {
+                return bad(format!("{n} rows of width {d} need {} hidden values, got {}", n * d, h.len()));
+            }
+        }
+        (StageInput::Tokens(_), false) => {
+            return bad(format!("stage {:?} does not start at block 0: it takes hidden states, not tokens", s.blocks))
+        }
+        (StageInput::Hidden(_), true) => return bad("the first stage takes token ids, not hidden states".into()),
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    for r in 0..n {
+        let (seq, pos) = (b.seq_ids[r], b.positions[r] as usize);
+        match groups.last_mut() {
+            Some(g) if g.seq == seq => {
+                if pos != g.pos0 + (r - g.rows.0) {
+                    return bad(format!(
+                        "row {r}: sequence {seq} position {pos}, expected {}",
+                        g.pos0 + (r - g.rows.0)
+                    ));
+                }
+                g.rows.1 = r + 1;
+            }
+            _ => {
+                if groups.iter().any(|g| g.seq == seq) {
+                    return bad(format!("row {r}: rows of sequence {seq} are not contiguous"));
+                }
+                let cached = held(seq);
+                let held = cached.unwrap_or(0);
+                if pos != held {
+                    return bad(format!(
+                        "row {r}: sequence {seq} starts at position {pos} but its cache holds {held} positions"
+                    ));
+                }
+                groups.push(Group { seq, rows: (r, r + 1), pos0: pos, is_new: cached.is_none() });
+            }
+        }
+    }
+    for g in &groups {
+        let needed = g.pos0 + (g.rows.1 - g.rows.0);
+        if needed > s.max_context {
+            return Err(PipelineError::ContextOverflow { seq_id: g.seq, needed, max: s.max_context });
+        }
+    }
+    Ok(groups)
 }
 
 pub struct Stage {
@@ -141,85 +222,13 @@ impl Stage {
     }
 
     fn validate(&self, b: &StageBatch) -> Result<Vec<Group>> {
-        let n = b.seq_ids.len();
-        let bad = |msg: String| Err(PipelineError::Batch { msg });
-        if n == 0 {
-            return bad("no rows".into());
-        }
-        if n > self.limits.max_batch_rows {
-            return Err(PipelineError::Limit {
-                what: "rows in one batch",
-                limit: self.limits.max_batch_rows,
-                requested: n,
-            });
-        }
-        if b.positions.len() != n {
-            return bad(format!("{} seq_ids but {} positions", n, b.positions.len()));
-        }
-        let d = self.cfg.hidden_size;
-        match (&b.input, self.is_first()) {
-            (StageInput::Tokens(t), true) => {
-                if t.len() != n {
-                    return bad(format!("{n} rows but {} token ids", t.len()));
-                }
-                if let Some((i, &tok)) = t.iter().enumerate().find(|(_, &t)| t as usize >= self.cfg.vocab_size) {
-                    return Err(PipelineError::TokenOutOfRange {
-                        token: tok,
-                        vocab_size: self.cfg.vocab_size,
-                        index: i,
-                    });
-                }
-            }
-            (StageInput::Hidden(h), false) => {
-                if h.len() != n * d {
-                    return bad(format!("{n} rows of width {d} need {} hidden values, got {}", n * d, h.len()));
-                }
-            }
-            (StageInput::Tokens(_), false) => {
-                return bad(format!(
-                    "stage {:?} does not start at block 0: it takes hidden states, not tokens",
-                    self.blocks
-                ))
-            }
-            (StageInput::Hidden(_), true) => return bad("the first stage takes token ids, not hidden states".into()),
-        }
-        let mut groups: Vec<Group> = Vec::new();
-        for r in 0..n {
-            let (seq, pos) = (b.seq_ids[r], b.positions[r] as usize);
-            match groups.last_mut() {
-                Some(g) if g.seq == seq => {
-                    if pos != g.pos0 + (r - g.rows.0) {
-                        return bad(format!(
-                            "row {r}: sequence {seq} position {pos}, expected {}",
-                            g.pos0 + (r - g.rows.0)
-                        ));
-                    }
-                    g.rows.1 = r + 1;
-                }
-                _ => {
-                    if groups.iter().any(|g| g.seq == seq) {
-                        return bad(format!("row {r}: rows of sequence {seq} are not contiguous"));
-                    }
-                    let held = self.cache.len_of(seq);
-                    if pos != held {
-                        return bad(format!(
-                            "row {r}: sequence {seq} starts at position {pos} but its cache holds {held} positions"
-                        ));
-                    }
-                    groups.push(Group { seq, rows: (r, r + 1), pos0: pos, is_new: !self.cache.contains(seq) });
-                }
-            }
-        }
-        for g in &groups {
-            let needed = g.pos0 + (g.rows.1 - g.rows.0);
-            if needed > self.cfg.max_position_embeddings {
-                return Err(PipelineError::ContextOverflow {
-                    seq_id: g.seq,
-                    needed,
-                    max: self.cfg.max_position_embeddings,
-                });
-            }
-        }
+        let shape = BatchShape {
+            cfg: &self.cfg,
+            blocks: &self.blocks,
+            max_rows: self.limits.max_batch_rows,
+            max_context: self.cfg.max_position_embeddings,
+        };
+        let groups = group_rows(b, &shape, |seq| self.cache.contains(seq).then(|| self.cache.len_of(seq)))?;
         self.cache.check_room(groups.iter().filter(|g| g.is_new).count())?;
         Ok(groups)
     }

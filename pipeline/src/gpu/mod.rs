@@ -16,7 +16,7 @@ pub mod select;
 use crate::blocks::BlockLayout;
 use crate::config::ModelConfig;
 use crate::error::{PipelineError, Result};
-use crate::stage::{LogitsRows, StageBatch, StageInput, StageOutput};
+use crate::stage::{group_rows, BatchShape, Group, LogitsRows, StageBatch, StageInput, StageOutput};
 use crate::tensor::Tensor;
 use crate::weights::{StageWeights, WeightSource};
 use ::gpu::{Context, DeviceBuffer, Stream};
@@ -170,14 +170,6 @@ struct DevKv {
     v: Vec<DeviceBuffer<bf16>>,
     slots: HashMap<u64, (usize, usize)>, // seq -> (slot, len)
     free: Vec<usize>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Group {
-    seq: u64,
-    rows: (usize, usize),
-    pos0: usize,
-    is_new: bool,
 }
 
 pub struct GpuStage {
@@ -419,81 +411,13 @@ impl GpuStage {
     }
 
     fn validate(&self, b: &StageBatch) -> Result<Vec<Group>> {
-        let n = b.seq_ids.len();
-        let bad = |msg: String| Err(PipelineError::Batch { msg });
-        if n == 0 {
-            return bad("no rows".into());
-        }
-        if n > self.limits.max_batch_rows {
-            return Err(PipelineError::Limit {
-                what: "rows in one batch",
-                limit: self.limits.max_batch_rows,
-                requested: n,
-            });
-        }
-        if b.positions.len() != n {
-            return bad(format!("{} seq_ids but {} positions", n, b.positions.len()));
-        }
-        let d = self.cfg.hidden_size;
-        match (&b.input, self.is_first()) {
-            (StageInput::Tokens(t), true) => {
-                if t.len() != n {
-                    return bad(format!("{n} rows but {} token ids", t.len()));
-                }
-                if let Some((i, &tok)) = t.iter().enumerate().find(|(_, &t)| t as usize >= self.cfg.vocab_size) {
-                    return Err(PipelineError::TokenOutOfRange {
-                        token: tok,
-                        vocab_size: self.cfg.vocab_size,
-                        index: i,
-                    });
-                }
-            }
-            (StageInput::Hidden(h), false) => {
-                if h.len() != n * d {
-                    return bad(format!("{n} rows of width {d} need {} hidden values, got {}", n * d, h.len()));
-                }
-            }
-            (StageInput::Tokens(_), false) => {
-                return bad(format!(
-                    "stage {:?} does not start at block 0: it takes hidden states, not tokens",
-                    self.blocks
-                ))
-            }
-            (StageInput::Hidden(_), true) => return bad("the first stage takes token ids, not hidden states".into()),
-        }
-        let mut groups: Vec<Group> = Vec::new();
-        for r in 0..n {
-            let (seq, pos) = (b.seq_ids[r], b.positions[r] as usize);
-            match groups.last_mut() {
-                Some(g) if g.seq == seq => {
-                    if pos != g.pos0 + (r - g.rows.0) {
-                        return bad(format!(
-                            "row {r}: sequence {seq} position {pos}, expected {}",
-                            g.pos0 + (r - g.rows.0)
-                        ));
-                    }
-                    g.rows.1 = r + 1;
-                }
-                _ => {
-                    if groups.iter().any(|g| g.seq == seq) {
-                        return bad(format!("row {r}: rows of sequence {seq} are not contiguous"));
-                    }
-                    let held = self.seq_len(seq);
-                    if pos != held {
-                        return bad(format!(
-                            "row {r}: sequence {seq} starts at position {pos} but its cache holds {held} positions"
-                        ));
-                    }
-                    groups.push(Group { seq, rows: (r, r + 1), pos0: pos, is_new: !self.kv.slots.contains_key(&seq) });
-                }
-            }
-        }
-        for g in &groups {
-            let needed = g.pos0 + (g.rows.1 - g.rows.0);
-            if needed > self.limits.max_context {
-                return Err(PipelineError::ContextOverflow { seq_id: g.seq, needed, max: self.limits.max_context });
-            }
-        }
+        let shape = BatchShape {
+            cfg: &self.cfg,
+            blocks: &self.blocks,
+            max_rows: self.limits.max_batch_rows,
+            max_context: self.limits.max_context,
+        };
+        let groups = group_rows(b, &shape, |seq| self.kv.slots.get(&seq).map(|s| s.1))?;
         let new = groups.iter().filter(|g| g.is_new).count();
         if self.kv.slots.len() + new > self.limits.max_seqs {
             return Err(PipelineError::Limit {
