@@ -464,6 +464,34 @@ impl ConnWriter {
         self.send(Kind::Write, &desc.encode(), payload)
     }
 
+    /// Caps the socket's send buffer at `bytes` (SO_SNDBUF; the kernel doubles it for its own
+    /// bookkeeping). The send buffer holds every unacknowledged byte, so this also bounds how much
+    /// of this connection waits in the link's queue ahead of other connections' control messages.
+    pub fn set_send_buffer(&self, bytes: usize) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: the fd is the open socket `w.stream` owns (kept open by the lock we hold); the
+        // option value points to a live c_int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                w.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::Io {
+                op: "setsockopt SO_SNDBUF",
+                peer: self.peer.to_string(),
+                err: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     /// Sends `Close` with a reason and shuts the socket down.
     pub fn close(&self, reason: &str) {
         let r = &reason.as_bytes()[..reason.len().min(wire::MAX_CLOSE_BYTES)];
