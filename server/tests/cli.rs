@@ -2,18 +2,10 @@
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn faascale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_faascale")).args(args).env("FAASCALE_THREADS", "2").output().unwrap()
-}
-
-fn last_json(out: &Output) -> Value {
-    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    let last =
-        stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
-}
+mod common;
+use common::{faascale, last_json};
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline/tests/fixtures").join(name).to_str().unwrap().to_string()

@@ -2,19 +2,8 @@
 //! one JSON line, and the CPU fallback when no device was asked for. (On a machine with a
 //! driver these tests return early; scripts/gpu_check.sh runs the real check there.)
 
-use serde_json::Value;
-use std::process::{Command, Output};
-
-fn faascale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_faascale")).args(args).env("FAASCALE_THREADS", "2").output().unwrap()
-}
-
-fn last_json(out: &Output) -> Value {
-    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    let last =
-        stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
-}
+mod common;
+use common::{faascale, last_json};
 
 /// True when this machine has no CUDA driver (the tests below are about that case).
 fn no_driver() -> bool {

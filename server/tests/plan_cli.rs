@@ -1,18 +1,9 @@
 //! `faascale plan`: JSON on the last stdout line, every algorithm, SVG output, clear errors.
 
-use serde_json::Value;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn faascale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_faascale")).args(args).output().unwrap()
-}
-
-fn last_json(out: &Output) -> Value {
-    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    let last =
-        stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
-}
+mod common;
+use common::{faascale, last_json};
 
 fn plan(extra: &[&str]) -> Output {
     let mut args = vec![

@@ -1,19 +1,8 @@
 //! `faascale simulate`: JSON contract for one and several systems, the TTFT CDF plot, the real
 //! trace, and clear errors for bad input.
 
-use serde_json::Value;
-use std::process::{Command, Output};
-
-fn faascale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_faascale")).args(args).output().unwrap()
-}
-
-fn last_json(out: &Output) -> Value {
-    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    let last =
-        stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
-}
+mod common;
+use common::{faascale, last_json};
 
 const BURST: &str = "synthetic:rate=2,burst=50,burst_at_s=30,burst_len_s=15,duration_s=90";
 
