@@ -5,8 +5,9 @@
 #   bash scripts/gpu_check.sh run      # on the lent GPU machine (no Rust there), with target/gpu-check carried
 #   bash scripts/gpu_check.sh dryrun   # here, no GPU: the whole host path against a driver double
 #
-# `run` prints the GPU name, then runs `faascale gpu-check --json` under a 290 s limit; the table goes
+# `run` prints the GPU name, then runs `faascale gpu-check --json` under a 240 s limit; the table goes
 # to standard error (and $OUT/gpu_check.log when $OUT is set), the JSON report to $OUT/gpu_check.json.
+# When it fails, the kernel checks run again under compute-sanitizer memcheck ($OUT/sanitizer.log).
 # Exit status: 0 when every check passed, 1 when one failed, 124 on the time limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,20 @@ build)
         echo "error: $BIN is larger than $LIMIT_BYTES bytes; the device tool carries at most 64 MiB" >&2
         exit 1
     fi
+    # The GPU-only tests (ignored elsewhere) as stripped test binaries: the gpu crate's and the
+    # pipeline's GPU stage tests.
+    mkdir -p target/gpu-check/tests
+    for spec in "gpu --test gpu" "pipeline --lib"; do
+        exe=$(cargo test --release -p $spec --no-run --message-format=json 2>/dev/null |
+            python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] != ["custom-build"]:
+        print(m["executable"])' | tail -1)
+        [ -n "$exe" ] || { echo "error: building the test binary of $spec failed" >&2; exit 1; }
+        strip -o "target/gpu-check/tests/${spec%% *}" "$exe"
+    done
+    du -sh target/gpu-check
     echo "carry: target/gpu-check   then run: bash scripts/gpu_check.sh run"
     ;;
 run)
@@ -35,13 +50,32 @@ run)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi failed"
     python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo "torch absent"
     set +e
-    timeout 290 "$BIN" gpu-check --json --log info >"$out/gpu_check.json" 2>"$out/gpu_check.log"
+    # The GPU-only unit tests first, each under its own limit, so a hang below cannot hide them.
+    for t in gpu pipeline; do
+        exe=target/gpu-check/tests/$t
+        [ -x "$exe" ] || continue
+        filter=""; [ "$t" = pipeline ] && filter="gpu::"
+        timeout 60 "$exe" $filter --ignored --test-threads=1 >"$out/tests_$t.log" 2>&1
+        echo "$t GPU tests: exit status $? ($(grep -E '^test result' "$out/tests_$t.log" | tail -1))"
+        grep -E "^test .* FAILED|panicked" "$out/tests_$t.log" | head -10
+    done
+    timeout 240 "$BIN" gpu-check --json --log info --torch-timeout-s 90 >"$out/gpu_check.json" 2>"$out/gpu_check.log"
     rc=$?
     set -e
     cat "$out/gpu_check.log"
     tail -c 2000 "$out/gpu_check.json"
     echo
     echo "gpu-check exit status $rc (0 pass, 1 fail, 124 time limit); report in $out/gpu_check.json"
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && command -v compute-sanitizer >/dev/null; then
+        # A failed run: the kernel checks alone under memcheck name any out-of-bounds access.
+        echo "== compute-sanitizer memcheck, kernel checks only =="
+        set +e
+        timeout 120 compute-sanitizer --tool memcheck --print-limit 20 \
+            "$BIN" gpu-check --skip-model --skip-timings --skip-torch >"$out/sanitizer.log" 2>&1
+        echo "compute-sanitizer exit status $?"
+        set -e
+        grep -E "ERROR SUMMARY|Invalid|out of bounds|Address|at .*0x|FAIL" "$out/sanitizer.log" | head -40 || true
+    fi
     exit $rc
     ;;
 dryrun)
