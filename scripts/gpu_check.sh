@@ -2,7 +2,8 @@
 # The prepared GPU check (docs/gpu.md "The device check").
 #
 #   bash scripts/gpu_check.sh build    # here: release build, stripped copy in target/gpu-check/faascale
-#   bash scripts/gpu_check.sh run      # on the lent GPU machine (no Rust there), with target/gpu-check carried
+#   bash scripts/gpu_check.sh run [ARGS]  # on the lent GPU machine (no Rust there), with target/gpu-check
+#                                         # carried; ARGS go to `faascale gpu-check` (e.g. --gemv-variants)
 #   bash scripts/gpu_check.sh dryrun   # here, no GPU: the whole host path against a driver double
 #
 # `run` prints the GPU name, then runs `faascale gpu-check --json` under a 240 s limit; the table goes
@@ -31,13 +32,13 @@ build)
     # pipeline's GPU stage tests.
     mkdir -p target/gpu-check/tests
     for spec in "gpu --test gpu" "pipeline --lib"; do
-        exe=$(cargo test --release -p $spec --no-run --message-format=json 2>/dev/null |
+        exe=$(set +o pipefail; cargo test --release -p $spec --no-run --message-format=json 2>"$target/gpu-check-test-build.log" |
             python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] != ["custom-build"]:
         print(m["executable"])' | tail -1)
-        [ -n "$exe" ] || { echo "error: building the test binary of $spec failed" >&2; exit 1; }
+        [ -n "$exe" ] || { tail -20 "$target/gpu-check-test-build.log" >&2; echo "error: building the test binary of $spec failed" >&2; exit 1; }
         strip -o "target/gpu-check/tests/${spec%% *}" "$exe"
     done
     du -sh target/gpu-check
@@ -59,7 +60,7 @@ run)
         echo "$t GPU tests: exit status $? ($(grep -E '^test result' "$out/tests_$t.log" | tail -1))"
         grep -E "^test .* FAILED|panicked" "$out/tests_$t.log" | head -10
     done
-    timeout 240 "$BIN" gpu-check --json --log info --torch-timeout-s 90 >"$out/gpu_check.json" 2>"$out/gpu_check.log"
+    timeout 240 "$BIN" gpu-check --json --log info --torch-timeout-s 90 "${@:2}" >"$out/gpu_check.json" 2>"$out/gpu_check.log"
     rc=$?
     set -e
     cat "$out/gpu_check.log"

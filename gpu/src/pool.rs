@@ -8,11 +8,13 @@
 //! The bookkeeping is generic over a [`SlabAllocator`], so it is tested here with host memory
 //! ([`HostSlabs`]); [`DeviceSlabs`] backs the pool with device memory.
 
+use std::marker::PhantomData;
+use std::mem::size_of;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::context::Context;
 use crate::error::GpuError;
-use crate::memory::DeviceBuffer;
+use crate::memory::{DeviceBuffer, DeviceRepr};
 
 /// Device memory left free after reserving the pool by default: room for the CUDA context's own use, loaded
 /// modules, streams and small allocations made outside the pool.
@@ -169,36 +171,45 @@ impl<A: SlabAllocator> Drop for Slab<A> {
 // Allocators
 // ---------------------------------------------------------------------------------------------------------
 
-/// Device-memory slabs in one context; free memory from `cuMemGetInfo_v2`.
-pub struct DeviceSlabs {
+/// Device-memory slabs of `T` elements in one context; free memory from `cuMemGetInfo_v2`.
+pub struct DeviceSlabs<T: DeviceRepr = u8> {
     ctx: Arc<Context>,
+    _elem: PhantomData<fn() -> T>,
 }
 
-impl DeviceSlabs {
-    pub fn new(ctx: &Arc<Context>) -> DeviceSlabs {
-        DeviceSlabs { ctx: ctx.clone() }
+impl<T: DeviceRepr> DeviceSlabs<T> {
+    pub fn new(ctx: &Arc<Context>) -> DeviceSlabs<T> {
+        DeviceSlabs { ctx: ctx.clone(), _elem: PhantomData }
     }
 }
 
-impl SlabAllocator for DeviceSlabs {
-    type Slab = DeviceBuffer<u8>;
+impl<T: DeviceRepr> SlabAllocator for DeviceSlabs<T> {
+    type Slab = DeviceBuffer<T>;
 
     fn free_bytes(&self) -> Result<u64, GpuError> {
         Ok(self.ctx.mem_info()?.0)
     }
 
-    fn allocate(&self, bytes: usize) -> Result<DeviceBuffer<u8>, GpuError> {
-        DeviceBuffer::alloc(&self.ctx, bytes)
+    /// One buffer of `bytes / size_of::<T>()` elements; `bytes` must be a multiple of the element size.
+    fn allocate(&self, bytes: usize) -> Result<DeviceBuffer<T>, GpuError> {
+        let elem = size_of::<T>().max(1);
+        if bytes % elem != 0 {
+            return Err(GpuError::InvalidInput {
+                op: "DeviceSlabs::allocate",
+                reason: format!("{bytes} bytes is not a whole number of {elem}-byte elements"),
+            });
+        }
+        DeviceBuffer::alloc(&self.ctx, bytes / elem)
     }
 }
 
-/// A pool of device slabs.
-pub type DevicePool = MemoryPool<DeviceSlabs>;
+/// A pool of device slabs (of bytes unless said otherwise).
+pub type DevicePool<T = u8> = MemoryPool<DeviceSlabs<T>>;
 
-impl MemoryPool<DeviceSlabs> {
+impl<T: DeviceRepr> MemoryPool<DeviceSlabs<T>> {
     /// Reserve `num_slabs` device slabs of `slab_bytes` (size them to the largest execution block), leaving
     /// [`DEFAULT_HEADROOM_BYTES`] free.
-    pub fn reserve(ctx: &Arc<Context>, slab_bytes: usize, num_slabs: usize) -> Result<DevicePool, GpuError> {
+    pub fn reserve(ctx: &Arc<Context>, slab_bytes: usize, num_slabs: usize) -> Result<DevicePool<T>, GpuError> {
         Self::reserve_with(DeviceSlabs::new(ctx), slab_bytes, num_slabs, DEFAULT_HEADROOM_BYTES)
     }
 }

@@ -281,7 +281,9 @@ fn out_of_memory_is_named_and_the_pool_refuses_to_overcommit() {
         other => panic!("expected a driver error, got {other:?}"),
     }
     assert!(!e.is_context_lost());
-    let e = MemoryPool::reserve(&ctx, free as usize, 1).err().expect("free memory without headroom must be refused");
+    let e = gpu::DevicePool::<u8>::reserve(&ctx, free as usize, 1)
+        .err()
+        .expect("free memory without headroom must be refused");
     assert!(matches!(e, GpuError::PoolRefused { .. }), "{e}");
     // Out-of-memory does not lose the context.
     let _ok = DeviceBuffer::<u8>::alloc(&ctx, 1 << 20).unwrap();
@@ -292,7 +294,7 @@ fn out_of_memory_is_named_and_the_pool_refuses_to_overcommit() {
 fn device_pool_hands_out_slabs_and_never_allocates_after_reserve() {
     let ctx = ctx();
     let stream = Stream::new(&ctx).unwrap();
-    let pool = MemoryPool::reserve(&ctx, 16 << 20, 4).unwrap();
+    let pool = gpu::DevicePool::<u8>::reserve(&ctx, 16 << 20, 4).unwrap();
     let free_after_reserve = ctx.mem_info().unwrap().0;
     let mut slabs: Vec<_> = (0..4).map(|_| pool.try_take().unwrap()).collect();
     assert!(matches!(pool.try_take(), Err(GpuError::OutOfPool { num_slabs: 4, .. })));

@@ -289,15 +289,15 @@ fn the_pool_reserves_up_front_and_refuses_to_overcommit() {
     let ctx = Context::new(0).unwrap();
     let allocated = counter("mock_allocated");
     // The double has 64 MiB; the default headroom is 1 GiB, so the device pool refuses any size.
-    let e = MemoryPool::reserve(&ctx, 1 << 20, 1).err().unwrap();
+    let e = gpu::DevicePool::<u8>::reserve(&ctx, 1 << 20, 1).err().unwrap();
     assert!(matches!(e, GpuError::PoolRefused { headroom_bytes: 1073741824, .. }), "{e}");
-    let pool = MemoryPool::reserve_with(gpu::DeviceSlabs::new(&ctx), 4 << 20, 4, 8 << 20).unwrap();
+    let pool = MemoryPool::reserve_with(gpu::DeviceSlabs::<u8>::new(&ctx), 4 << 20, 4, 8 << 20).unwrap();
     assert_eq!(counter("mock_allocated"), allocated + (16 << 20));
     let slabs: Vec<_> = (0..4).map(|_| pool.try_take().unwrap()).collect();
     assert!(matches!(pool.try_take(), Err(GpuError::OutOfPool { .. })));
     assert_eq!(counter("mock_allocated"), allocated + (16 << 20), "taking must not allocate");
     assert!(matches!(
-        MemoryPool::reserve_with(gpu::DeviceSlabs::new(&ctx), 16 << 20, 3, 1 << 20),
+        MemoryPool::reserve_with(gpu::DeviceSlabs::<u8>::new(&ctx), 16 << 20, 3, 1 << 20),
         Err(GpuError::PoolRefused { .. })
     ));
     drop(slabs);

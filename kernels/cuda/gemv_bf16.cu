@@ -30,8 +30,25 @@
 #define GEMV_ROWS 8 /* rows of x per block */
 #define GEMV_WARPS 8
 #define GEMV_THREADS (GEMV_WARPS * FS_WARP)
+#ifndef GEMV_UNROLL
+#define GEMV_UNROLL 4 /* weight loads in flight per lane */
+#endif
+#ifndef GEMV_MIN_BLOCKS
+#define GEMV_MIN_BLOCKS 4 /* blocks per SM the registers must allow (64 registers, no spills) */
+#endif
 
 enum GemvOut { GEMV_STORE_F32, GEMV_ACC_F32, GEMV_STORE_BF16 };
+
+/* Unpacks 8 bf16 (one 16-byte load) to f32. */
+__device__ __forceinline__ void gemv_unpack8(uint4 raw, float out[8]) {
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 f = __bfloat1622float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
 
 template <int MODE, typename TY, int ROWS>
 __device__ __forceinline__ void gemv_rows(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w_row,
@@ -41,15 +58,36 @@ __device__ __forceinline__ void gemv_rows(const __nv_bfloat16 *__restrict__ x, c
     float acc[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; r++) acc[r] = 0.0f;
-    for (int p = lane; p < pieces; p += FS_WARP) {
-        float w[8];
-        fs_load_bf16x8(w_row + 8 * p, w);
+    /* U of the lane's pieces (weights and activations) are loaded before any is used, so each
+     * lane keeps that many 16-byte weight loads in flight (memory-level parallelism is what a GEMV
+     * is short of): GEMV_UNROLL for one activation row (a decode step of one sequence), fewer for
+     * more rows, whose activations take the registers. The multiply-adds then run in the same
+     * order as one piece at a time, so the unrolling never changes the bits. */
+    constexpr int U = ROWS == 1 ? GEMV_UNROLL : (ROWS == 2 ? (GEMV_UNROLL + 1) / 2 : 1);
+    for (int p0 = lane; p0 < pieces; p0 += FS_WARP * U) {
+        uint4 wr[U], xr[U][ROWS];
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) {
-            float xv[8];
-            fs_load_bf16x8(x + static_cast<size_t>(i0 + r) * K + 8 * p, xv);
+        for (int u = 0; u < U; u++) {
+            const int p = p0 + u * FS_WARP;
+            if (p < pieces) {
+                wr[u] = __ldg(reinterpret_cast<const uint4 *>(w_row + 8 * p));
 #pragma unroll
-            for (int e = 0; e < 8; e++) acc[r] = __fmaf_rn(xv[e], w[e], acc[r]);
+                for (int r = 0; r < ROWS; r++)
+                    xr[u][r] = __ldg(reinterpret_cast<const uint4 *>(x + static_cast<size_t>(i0 + r) * K + 8 * p));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (p0 + u * FS_WARP >= pieces) break;
+            float w[8];
+            gemv_unpack8(wr[u], w);
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) {
+                float xv[8];
+                gemv_unpack8(xr[u][r], xv);
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[r] = __fmaf_rn(xv[e], w[e], acc[r]);
+            }
         }
     }
 #pragma unroll
@@ -84,17 +122,17 @@ __device__ __forceinline__ void gemv_body(const __nv_bfloat16 *__restrict__ x, c
     }
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MIN_BLOCKS)
     fs_gemv_bf16_f32(const __nv_bfloat16 *x, const __nv_bfloat16 *W, float *y, int m, int N, int K) {
     gemv_body<GEMV_STORE_F32>(x, W, y, m, N, K);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MIN_BLOCKS)
     fs_gemv_bf16_f32_acc(const __nv_bfloat16 *x, const __nv_bfloat16 *W, float *y, int m, int N, int K) {
     gemv_body<GEMV_ACC_F32>(x, W, y, m, N, K);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MIN_BLOCKS)
     fs_gemv_bf16_bf16(const __nv_bfloat16 *x, const __nv_bfloat16 *W, __nv_bfloat16 *y, int m, int N, int K) {
     gemv_body<GEMV_STORE_BF16>(x, W, y, m, N, K);
 }

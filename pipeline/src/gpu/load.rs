@@ -1,8 +1,17 @@
-//! Host bytes to device memory, one execution block at a time: the block's bytes (a range of the
-//! memory-mapped packed file) are page-locked in place with `cuMemHostRegister` and copied in one
-//! DMA; when the driver refuses the registration they go through a pinned staging buffer instead.
+//! Host bytes to device memory, one execution block at a time.
+//!
+//! - Warm host cache ([`PinnedPacked`]): a node that keeps a model in host memory page-locks the
+//!   whole memory-mapped packed file once, when it takes the model in; loading a block is then one
+//!   DMA into a device slab reserved at start-up (`GpuStage`'s pool): no registration, no
+//!   allocation on the scale-out path.
+//! - Otherwise the block's bytes (a range of the mmap) are page-locked in place with
+//!   `cuMemHostRegister` for the copy and released after it; when the driver refuses the
+//!   registration they go through a pinned staging buffer instead.
 
-use ::gpu::{Context, DeviceBuffer, GpuError, HostRegistration, PinnedHostBuffer, RegisterFlags, Stream};
+use crate::packed::PackedFile;
+use ::gpu::{
+    Context, DeviceBuffer, DeviceSlabs, GpuError, HostRegistration, PinnedHostBuffer, RegisterFlags, Slab, Stream,
+};
 use half::bf16;
 use std::sync::Arc;
 
@@ -12,6 +21,8 @@ pub const STAGING_BYTES: usize = 64 << 20;
 /// How a block reached the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadPath {
+    /// Already page-locked (a [`PinnedPacked`] file, or a range the driver reports registered), one copy.
+    Pinned,
     /// Registered in place (the mmap'd bytes), one copy.
     Registered,
     /// Copied through a pinned staging buffer (registration refused, or unaligned source).
@@ -21,6 +32,7 @@ pub enum LoadPath {
 impl LoadPath {
     pub fn as_str(self) -> &'static str {
         match self {
+            LoadPath::Pinned => "pinned",
             LoadPath::Registered => "registered",
             LoadPath::Staged => "staged",
         }
@@ -38,6 +50,37 @@ fn as_bf16(host: &[u8]) -> Option<&[bf16]> {
     (pre.is_empty() && post.is_empty()).then_some(mid)
 }
 
+/// Device memory holding one block's weights: a slab of the stage's pool, or a buffer of its own.
+pub enum WeightBuf {
+    Pooled(Slab<DeviceSlabs<bf16>>),
+    Owned(DeviceBuffer<bf16>),
+}
+
+impl WeightBuf {
+    pub fn dev(&self) -> &DeviceBuffer<bf16> {
+        match self {
+            WeightBuf::Pooled(s) => s.memory(),
+            WeightBuf::Owned(b) => b,
+        }
+    }
+    fn dev_mut(&mut self) -> &mut DeviceBuffer<bf16> {
+        match self {
+            WeightBuf::Pooled(s) => s.memory_mut(),
+            WeightBuf::Owned(b) => b,
+        }
+    }
+}
+
+fn check_even(op: &'static str, host: &[u8]) -> Result<(), GpuError> {
+    if host.is_empty() || host.len() % 2 != 0 {
+        return Err(GpuError::InvalidInput {
+            op,
+            reason: format!("{} bytes: expected a positive, even number of bytes of bf16", host.len()),
+        });
+    }
+    Ok(())
+}
+
 /// Copies `host` (an even number of bytes) into a new device buffer of bf16 and waits until it
 /// has landed. Tries the in-place registration first, then the pinned staging path.
 pub fn upload_bf16(
@@ -45,35 +88,88 @@ pub fn upload_bf16(
     stream: &Stream,
     host: &[u8],
 ) -> Result<(DeviceBuffer<bf16>, LoadPath), GpuError> {
-    if host.is_empty() || host.len() % 2 != 0 {
-        return Err(GpuError::InvalidInput {
-            op: "upload_bf16",
-            reason: format!("{} bytes: expected a positive, even number of bytes of bf16", host.len()),
-        });
-    }
-    let mut dst = DeviceBuffer::<bf16>::alloc(ctx, host.len() / 2)?;
-    if let Some(elems) = as_bf16(host) {
-        match HostRegistration::new_read_only(ctx, host, RegisterFlags { portable: true, device_map: false }) {
-            Ok(reg) => {
-                stream.copy_htod(elems, &mut dst, 0)?;
-                drop(reg);
-                return Ok((dst, LoadPath::Registered));
-            }
-            Err(e) if e.is_context_lost() => return Err(e),
-            Err(e) => log::debug!("gpu: registering {} bytes failed ({e}); staging through pinned memory", host.len()),
-        }
-    }
-    stage_copy(ctx, stream, host, &mut dst)?;
-    Ok((dst, LoadPath::Staged))
+    check_even("upload_bf16", host)?;
+    let mut dst = WeightBuf::Owned(DeviceBuffer::<bf16>::alloc(ctx, host.len() / 2)?);
+    let path = upload_bf16_into(ctx, stream, host, &mut dst, false)?;
+    let WeightBuf::Owned(dst) = dst else { unreachable!("made Owned above") };
+    Ok((dst, path))
 }
 
-/// Copies `host` into `dst` through a pinned staging buffer of at most [`STAGING_BYTES`].
-pub fn stage_copy(
+/// Copies `host` (an even number of bytes) to the start of `dst` and waits until it has landed.
+/// `host_pinned`: the bytes are already page-locked in this context (a [`PinnedPacked`] file), so
+/// they are copied as they are; else they are registered for the copy, or staged when the driver
+/// refuses that.
+pub fn upload_bf16_into(
     ctx: &Arc<Context>,
     stream: &Stream,
     host: &[u8],
-    dst: &mut DeviceBuffer<bf16>,
-) -> Result<(), GpuError> {
+    dst: &mut WeightBuf,
+    host_pinned: bool,
+) -> Result<LoadPath, GpuError> {
+    check_even("upload_bf16_into", host)?;
+    let dst = dst.dev_mut();
+    if let Some(elems) = as_bf16(host) {
+        if host_pinned {
+            stream.copy_htod(elems, dst, 0)?;
+            return Ok(LoadPath::Pinned);
+        }
+        match HostRegistration::new_read_only(ctx, host, RegisterFlags { portable: true, device_map: false }) {
+            Ok(reg) => {
+                stream.copy_htod(elems, dst, 0)?;
+                drop(reg);
+                return Ok(LoadPath::Registered);
+            }
+            Err(e) if e.is_context_lost() => return Err(e),
+            // Page-locked already (a `PinnedPacked` file, or another registration): copy as it is.
+            Err(GpuError::Driver { code: ::gpu::sys::CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, .. }) => {
+                stream.copy_htod(elems, dst, 0)?;
+                return Ok(LoadPath::Pinned);
+            }
+            Err(e) => log::debug!("gpu: registering {} bytes failed ({e}); staging through pinned memory", host.len()),
+        }
+    }
+    stage_copy(ctx, stream, host, dst)?;
+    Ok(LoadPath::Staged)
+}
+
+/// A packed file whose whole mapping is page-locked in one context: the warm host cache of a
+/// node that keeps the model in memory. Registering costs about as much as the copies it speeds
+/// up (it pins every page), so it is done once, when the node takes the model in, not when a
+/// block is loaded.
+pub struct PinnedPacked {
+    /// Dropped before `file`: the registration borrows the file's mapping.
+    reg: HostRegistration<'static>,
+    file: Arc<PackedFile>,
+}
+
+impl PinnedPacked {
+    /// Page-locks `file`'s whole mapping (read-only) in `ctx`.
+    pub fn new(ctx: &Arc<Context>, file: Arc<PackedFile>) -> Result<PinnedPacked, GpuError> {
+        let bytes: &[u8] = file.bytes();
+        // SAFETY: the slice is the file's mapping, which lives as long as the `Arc<PackedFile>`
+        // stored beside the registration; the registration is declared first, so it is dropped
+        // (unregistered) before that `Arc`, and it is never handed out with the 'static lifetime.
+        let bytes: &'static [u8] = unsafe { std::mem::transmute::<&[u8], &'static [u8]>(bytes) };
+        let reg = HostRegistration::new_read_only(ctx, bytes, RegisterFlags { portable: true, device_map: false })?;
+        Ok(PinnedPacked { reg, file })
+    }
+
+    pub fn file(&self) -> &Arc<PackedFile> {
+        &self.file
+    }
+
+    /// Bytes page-locked.
+    pub fn len(&self) -> usize {
+        self.reg.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reg.is_empty()
+    }
+}
+
+/// Copies `host` into `dst` through a pinned staging buffer of at most [`STAGING_BYTES`].
+fn stage_copy(ctx: &Arc<Context>, stream: &Stream, host: &[u8], dst: &mut DeviceBuffer<bf16>) -> Result<(), GpuError> {
     let chunk_elems = (STAGING_BYTES / 2).min(host.len() / 2).max(1);
     let mut pinned = PinnedHostBuffer::<bf16>::alloc(ctx, chunk_elems)?;
     for (i, piece) in host.chunks(chunk_elems * 2).enumerate() {

@@ -3,8 +3,10 @@
 //! same [`StageOutput`] as the CPU [`crate::Stage`].
 //!
 //! Weights are uploaded block by block (`load`): for a packed file each execution block is one
-//! contiguous range of the mmap, registered in place and copied in one DMA, and usable as soon as
-//! it has landed; other sources copy tensor by tensor. The forward follows docs/gpu.md "Data types
+//! contiguous range of the mmap, copied in one DMA into a slab of the stage's weights pool
+//! (reserved when the stage is made) and usable as soon as it has landed. A [`PinnedPacked`] file
+//! (the warm host cache, page-locked once) is copied as it is; otherwise each block is registered
+//! in place for its copy. Other sources copy tensor by tensor. The forward follows docs/gpu.md "Data types
 //! along a layer". The matmul kernel is chosen by phase, never by batch size: a batch in which
 //! every sequence continues with exactly one row is a decode step (GEMV, split-K decode
 //! attention); anything else is prefill (GEMM, prefill attention).
@@ -19,7 +21,7 @@ use crate::error::{PipelineError, Result};
 use crate::stage::{group_rows, BatchShape, Group, LogitsRows, StageBatch, StageInput, StageOutput};
 use crate::tensor::Tensor;
 use crate::weights::{StageWeights, WeightSource};
-use ::gpu::{Context, DeviceBuffer, Stream};
+use ::gpu::{Context, DeviceBuffer, DevicePool, Stream};
 use half::bf16;
 use kernels::cuda::{
     check::ROPE_MAX_POSITION, CudaKernels, CudaOpError, DecodeSeq, DecodeWorkspace, Epilogue, FsAttnSeq, OutElem,
@@ -31,7 +33,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use load::LoadPath;
+pub use load::{LoadPath, PinnedPacked, WeightBuf};
 
 fn gpu_err(what: &'static str) -> impl Fn(::gpu::GpuError) -> PipelineError {
     move |e| PipelineError::Gpu { op: what, msg: e.to_string() }
@@ -48,12 +50,22 @@ pub struct GpuStageLimits {
     pub max_batch_rows: usize,
     /// Positions per sequence (at most the model's `max_position_embeddings`).
     pub max_context: usize,
+    /// Bytes of each slab of the weights pool reserved when the stage is made, one slab per
+    /// block, so loading a block allocates nothing; at least the largest block's bytes. 0: no pool
+    /// (`GpuStage::new` sizes it from the blocks it is given; a block that does not fit gets a
+    /// buffer of its own).
+    pub block_slab_bytes: usize,
 }
 
 impl GpuStageLimits {
     /// 8 sequences, 2048 rows, and the model's context capped at 4096.
     pub fn for_config(cfg: &ModelConfig) -> Self {
-        GpuStageLimits { max_seqs: 8, max_batch_rows: 2048, max_context: cfg.max_position_embeddings.min(4096) }
+        GpuStageLimits {
+            max_seqs: 8,
+            max_batch_rows: 2048,
+            max_context: cfg.max_position_embeddings.min(4096),
+            block_slab_bytes: 0,
+        }
     }
 }
 
@@ -180,7 +192,9 @@ pub struct GpuStage {
     ctx: Arc<Context>,
     stream: Stream,
     k: Arc<CudaKernels>,
-    bufs: Vec<DeviceBuffer<bf16>>,
+    /// The weights pool (one slab per block), when `limits.block_slab_bytes` > 0.
+    pool: Option<DevicePool<bf16>>,
+    bufs: Vec<WeightBuf>,
     embed: Option<DevTensor>,
     /// One per layer of the stage, `None` until its block is loaded.
     layers: Vec<Option<DevLayer>>,
@@ -224,9 +238,17 @@ impl GpuStage {
         limits: GpuStageLimits,
     ) -> Result<Self> {
         Self::check(&cfg, src, &layout, blocks.clone(), &limits)?;
+        let mut limits = limits;
+        if limits.block_slab_bytes == 0 {
+            if let Some(bb) = block_bytes {
+                limits.block_slab_bytes =
+                    blocks.clone().filter_map(|b| bb.block_bytes(b)).map(|x| x.len() & !1).max().unwrap_or(0);
+            }
+        }
         let mut stage = Self::allocate(cfg, layout, blocks.clone(), dev, limits)?;
         for b in blocks {
-            stage.load_block(src, block_bytes.and_then(|s| s.block_bytes(b)), b)?;
+            let pinned = block_bytes.is_some_and(|s| s.pinned());
+            stage.load_block(src, block_bytes.and_then(|s| s.block_bytes(b)), pinned, b)?;
         }
         Ok(stage)
     }
@@ -250,7 +272,15 @@ impl GpuStage {
         stream.copy_htod(&inv, &mut inv_freq, 0).map_err(gpu_err("gpu upload"))?;
         let s = Scratch::new(&ctx, &cfg, &limits)?;
         let kv = DevKv::new(&ctx, layers.len(), cfg.kv_dim(), &limits)?;
+        let pool = match limits.block_slab_bytes {
+            0 => None,
+            slab => Some(
+                DevicePool::<bf16>::reserve(&ctx, (slab + 1) & !1, blocks.len())
+                    .map_err(gpu_err("gpu weights pool"))?,
+            ),
+        };
         Ok(GpuStage {
+            pool,
             layers: (0..layers.len()).map(|_| None).collect(),
             first_layer: layers.start,
             cfg,
@@ -272,8 +302,15 @@ impl GpuStage {
     }
 
     /// Uploads block `b` of this stage from `src` (in one piece when `bytes` holds the block's
-    /// bytes, as a packed file's mmap does) and waits until it has landed.
-    pub fn load_block(&mut self, src: &dyn WeightSource, bytes: Option<&[u8]>, b: usize) -> Result<BlockLoad> {
+    /// bytes, as a packed file's mmap does; `pinned`: those bytes are page-locked already, see
+    /// [`PinnedPacked`]) and waits until it has landed.
+    pub fn load_block(
+        &mut self,
+        src: &dyn WeightSource,
+        bytes: Option<&[u8]>,
+        pinned: bool,
+        b: usize,
+    ) -> Result<BlockLoad> {
         if !self.blocks.contains(&b) {
             return Err(PipelineError::Invalid {
                 what: "gpu block",
@@ -288,7 +325,8 @@ impl GpuStage {
         check_supported(&self.cfg, &bw)?;
         let mats: Vec<&Tensor> = matrices(&bw).into_iter().map(|(_, t)| t).collect();
         let (ctx, stream) = (&self.ctx, &self.stream);
-        let (placed, nbytes, path) = upload_block(ctx, stream, &mats, bytes, &mut self.bufs)?;
+        let (placed, nbytes, path) =
+            upload_block(ctx, stream, &mats, bytes, pinned, self.pool.as_ref(), &mut self.bufs)?;
         let mut it = placed.into_iter();
         let mut next = || it.next().expect("one placement per matrix");
         if bw.embed.is_some() {
@@ -702,8 +740,8 @@ fn mm_any<O: OutElem>(
     }
 }
 
-fn tview(bufs: &[DeviceBuffer<bf16>], t: DevTensor) -> Result<View<'_, bf16>> {
-    View::part(&bufs[t.buf], t.offset, t.len).map_err(op_err)
+fn tview(bufs: &[WeightBuf], t: DevTensor) -> Result<View<'_, bf16>> {
+    View::part(bufs[t.buf].dev(), t.offset, t.len).map_err(op_err)
 }
 
 /// The bytes of one execution block in host memory, for sources that store blocks contiguously
@@ -711,6 +749,21 @@ fn tview(bufs: &[DeviceBuffer<bf16>], t: DevTensor) -> Result<View<'_, bf16>> {
 pub trait BlockBytes {
     /// Block `block`'s bytes, once present (checksummed); `None` otherwise.
     fn block_bytes(&self, block: usize) -> Option<&[u8]>;
+    /// Whether those bytes are page-locked in the stage's context already (copied as they are,
+    /// not registered per block). A wrong `true` costs speed only: the driver then copies
+    /// pageable memory itself.
+    fn pinned(&self) -> bool {
+        false
+    }
+}
+
+impl BlockBytes for PinnedPacked {
+    fn block_bytes(&self, block: usize) -> Option<&[u8]> {
+        self.file().block_bytes(block)
+    }
+    fn pinned(&self) -> bool {
+        true
+    }
 }
 
 impl BlockBytes for crate::packed::PackedFile {
@@ -732,17 +785,19 @@ fn upload_block(
     stream: &Stream,
     mats: &[&Tensor],
     block: Option<&[u8]>,
-    bufs: &mut Vec<DeviceBuffer<bf16>>,
+    pinned: bool,
+    pool: Option<&DevicePool<bf16>>,
+    bufs: &mut Vec<WeightBuf>,
 ) -> Result<(Vec<DevTensor>, usize, LoadPath)> {
     let ge = gpu_err("gpu block upload");
     if let Some(span) = block.map(even) {
-        let (lo, hi) = (span.as_ptr() as usize, span.as_ptr() as usize + span.len());
-        let inside = |t: &Tensor| {
-            let p = t.bytes().as_ptr() as usize;
-            p >= lo && p + t.bytes().len() <= hi && (p - lo) % 16 == 0
-        };
-        if !mats.is_empty() && mats.iter().all(|t| inside(t)) {
-            let (buf, path) = load::upload_bf16(ctx, stream, span).map_err(&ge)?;
+        let lo = span.as_ptr() as usize;
+        if block_holds_all(span, mats) {
+            let mut buf = match pool {
+                Some(p) if span.len() <= p.slab_bytes() => WeightBuf::Pooled(p.try_take().map_err(&ge)?),
+                _ => WeightBuf::Owned(DeviceBuffer::alloc(ctx, span.len() / 2).map_err(&ge)?),
+            };
+            let path = load::upload_bf16_into(ctx, stream, span, &mut buf, pinned).map_err(&ge)?;
             bufs.push(buf);
             let id = bufs.len() - 1;
             let placed = mats
@@ -766,10 +821,21 @@ fn upload_block(
             path = LoadPath::Staged;
         }
         total += t.bytes().len();
-        bufs.push(buf);
+        bufs.push(WeightBuf::Owned(buf));
         placed.push(DevTensor { buf: bufs.len() - 1, offset: 0, len: t.bytes().len() / 2 });
     }
     Ok((placed, total, path))
+}
+
+/// Whether every matrix lies inside `span` at a 16-byte aligned offset (then the block is copied
+/// in one piece and the matrices are views of it).
+fn block_holds_all(span: &[u8], mats: &[&Tensor]) -> bool {
+    let (lo, hi) = (span.as_ptr() as usize, span.as_ptr() as usize + span.len());
+    let inside = |t: &Tensor| {
+        let p = t.bytes().as_ptr() as usize;
+        p >= lo && p + t.bytes().len() <= hi && (p - lo) % 16 == 0
+    };
+    !mats.is_empty() && mats.iter().all(|t| inside(t))
 }
 
 /// The span rounded down to an even length (a trailing odd byte is never part of a bf16 matrix).

@@ -129,11 +129,86 @@ fn blocks_load_one_at_a_time_and_forward_waits_for_all_of_them() {
         logits: LogitsRows::All,
     };
     assert_eq!(g.missing_blocks(), vec![1, 2]);
-    g.load_block(m.weights.as_ref(), None, 2).unwrap();
+    g.load_block(m.weights.as_ref(), None, false, 2).unwrap();
     let e = g.forward(&batch).unwrap_err().to_string();
     assert!(e.contains("blocks [1] of 1..3 are not loaded yet"), "{e}");
-    assert!(g.load_block(m.weights.as_ref(), None, 2).is_err(), "loaded twice");
-    assert!(g.load_block(m.weights.as_ref(), None, 0).is_err(), "not in the stage");
-    g.load_block(m.weights.as_ref(), None, 1).unwrap();
+    assert!(g.load_block(m.weights.as_ref(), None, false, 2).is_err(), "loaded twice");
+    assert!(g.load_block(m.weights.as_ref(), None, false, 0).is_err(), "not in the stage");
+    g.load_block(m.weights.as_ref(), None, false, 1).unwrap();
     assert!(matches!(g.forward(&batch).unwrap(), StageOutput::Logits { .. }));
+}
+
+/// A packed file page-locked once (`PinnedPacked`): every block lands in a slab of the stage's pool
+/// by one copy (path "pinned"), and the stage computes the same logits as one loaded block by block
+/// with per-block registration into buffers of their own.
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver (run on the lent device)"]
+fn pinned_packed_blocks_land_in_pool_slabs_with_the_same_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(&dir.path().join("hf"), tiny_config(), DType::BF16);
+    let packed = dir.path().join("tiny.fsp");
+    crate::packed::pack(&m, &packed, 3, None, &mut |_| {}).unwrap();
+    let pf = Arc::new(crate::packed::PackedFile::open_header(&packed).unwrap());
+    pf.mark_all_present().unwrap();
+    let pm = pf.clone().into_model().unwrap();
+    let layout = BlockLayout::new(3, 3).unwrap();
+    let dev = GpuDevice::open(0).unwrap();
+    let limits = GpuStageLimits::for_config(&pm.config);
+    let pinned = PinnedPacked::new(&dev.ctx, pf.clone()).unwrap();
+    assert_eq!(pinned.len(), pf.bytes().len());
+    let mut a =
+        GpuStage::new(pm.config.clone(), pm.weights.as_ref(), Some(&pinned), layout, 0..3, &dev, limits).unwrap();
+    assert!(a.loads.iter().all(|l| l.path == LoadPath::Pinned), "{:?}", a.loads);
+    let biggest = (0..3).map(|b| pf.block_bytes(b).unwrap().len() & !1).max().unwrap();
+    assert_eq!(a.pool.as_ref().map(|p| (p.num_slabs(), p.slab_bytes(), p.available())), Some((3, biggest, 0)));
+    let mut no_pool = limits;
+    no_pool.block_slab_bytes = 0;
+    let load_each = |what: &str| {
+        let mut s = GpuStage::allocate(pm.config.clone(), layout, 0..3, &dev, no_pool).unwrap();
+        for blk in 0..3 {
+            s.load_block(pm.weights.as_ref(), pf.block_bytes(blk), false, blk).unwrap();
+        }
+        assert!(s.pool.is_none(), "{what}");
+        s
+    };
+    // While the file is page-locked, registering a block again is refused by the driver as already
+    // registered: the block is copied as it is.
+    let mut c = load_each("while pinned");
+    assert!(c.loads.iter().all(|l| l.path == LoadPath::Pinned), "{:?}", c.loads);
+    drop(pinned);
+    let mut b = load_each("after unpinning");
+    assert!(b.loads.iter().all(|l| l.path == LoadPath::Registered), "{:?}", b.loads);
+    let batch = StageBatch {
+        seq_ids: vec![4; 12],
+        positions: (0..12).collect(),
+        input: StageInput::Tokens((0..12).map(|i| (i * 29 + 3) % 512).collect()),
+        logits: LogitsRows::All,
+    };
+    let logits = |s: &mut GpuStage| match s.forward(&batch).unwrap() {
+        StageOutput::Logits { data, .. } => data,
+        _ => panic!("logits expected"),
+    };
+    let x = logits(&mut a);
+    assert_eq!(x, logits(&mut b), "same weights, same kernels: the same bits");
+    assert_eq!(x, logits(&mut c), "same weights, same kernels: the same bits");
+}
+
+/// A packed file's execution block holds each of its matrices at a 16-byte aligned offset, so the
+/// GPU stage copies it in one piece (checked without a device: this is what makes a block load one DMA).
+#[test]
+fn packed_blocks_hold_their_matrices_aligned() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(&dir.path().join("hf"), tiny_config(), DType::BF16);
+    let packed = dir.path().join("tiny.fsp");
+    crate::packed::pack(&m, &packed, 3, None, &mut |_| {}).unwrap();
+    let pf = Arc::new(crate::packed::PackedFile::open_header(&packed).unwrap());
+    pf.mark_all_present().unwrap();
+    let pm = pf.clone().into_model().unwrap();
+    let layout = BlockLayout::new(3, 3).unwrap();
+    for b in 0..3 {
+        let bw = StageWeights::load(&pm.config, pm.weights.as_ref(), &layout, b..b + 1).unwrap();
+        let mats: Vec<&Tensor> = matrices(&bw).into_iter().map(|(_, t)| t).collect();
+        let span = even(pf.block_bytes(b).unwrap());
+        assert!(block_holds_all(span, &mats), "block {b}");
+    }
 }
