@@ -2,9 +2,11 @@
 //! wired, else TCP, said in one log line.
 //!
 //! The executor's data path is TCP today: the verbs layer (`verbs`) can open devices, register
-//! memory and post RDMA WRITE with immediate, but the executor does not drive it yet, and none
-//! of it has run on RDMA hardware. So on a machine with an active port the line says verbs was
-//! found and TCP is used anyway; without libibverbs or a device it says why TCP is used.
+//! memory, connect a `verbs::VerbsLink` over the authenticated bootstrap and post RDMA WRITE
+//! with immediate, but the executor does not drive it yet, and none of it has run on RDMA
+//! hardware (only against a test double of libibverbs, `tests/verbs_mock.rs`). So on a machine
+//! with an active port the line says verbs was found and TCP is used anyway; without libibverbs
+//! or a device it says why TCP is used.
 
 use crate::verbs::{self, Probe};
 

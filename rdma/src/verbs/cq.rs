@@ -1,6 +1,7 @@
 //! Completion queues, polled (no completion channel, no interrupts).
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use super::context::Context;
@@ -60,13 +61,35 @@ impl WorkCompletion {
     pub fn vendor_err(&self) -> u32 {
         self.0.vendor_err
     }
+
+    /// `Ok(self)` for a successful completion, else [`VerbsError::Completion`] naming the QP,
+    /// the work request and the status. (On an error completion only `wr_id`, `status`,
+    /// `qp_num` and `vendor_err` are defined, so nothing else is read.)
+    pub fn result(&self) -> Result<&WorkCompletion> {
+        if self.is_success() {
+            Ok(self)
+        } else {
+            Err(VerbsError::Completion {
+                qpn: self.0.qp_num,
+                wr_id: self.0.wr_id,
+                status: self.0.status,
+                status_text: self.status_str(),
+                vendor_err: self.0.vendor_err,
+            })
+        }
+    }
 }
 
 /// `struct ibv_cq`, holding its context open.
+///
+/// Bound: a CQ that overruns loses completions and fails every later poll, so each queue pair
+/// reserves its granted queue depth here when created ([`CompletionQueue::reserved`]) and
+/// creation is refused when the reservations would exceed the capacity.
 pub struct CompletionQueue {
     ptr: NonNull<sys::ibv_cq>,
     ctx: Arc<Context>,
     capacity: u32,
+    reserved: AtomicU32,
 }
 
 // SAFETY: verbs, ibv_poll_cq included, are thread-safe; the pointer is only passed to them.
@@ -88,7 +111,33 @@ impl CompletionQueue {
         let ptr = unsafe { result::create_cq(ctx.as_ptr(), entries) }?;
         // SAFETY: ptr is the live CQ just created; cqe is what the provider granted.
         let granted = unsafe { (*ptr.as_ptr()).cqe };
-        Ok(Arc::new(CompletionQueue { ptr, ctx: Arc::clone(ctx), capacity: u32::try_from(granted).unwrap_or(entries) }))
+        Ok(Arc::new(CompletionQueue {
+            ptr,
+            ctx: Arc::clone(ctx),
+            capacity: u32::try_from(granted).unwrap_or(entries),
+            reserved: AtomicU32::new(0),
+        }))
+    }
+
+    /// Entries reserved by the queue pairs using this CQ.
+    pub fn reserved(&self) -> u32 {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Reserves `depth` entries for a work queue (`queue` names it in the error).
+    pub(crate) fn reserve(&self, queue: &'static str, depth: u32) -> Result<()> {
+        self.reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                r.checked_add(depth).filter(|&total| total <= self.capacity)
+            })
+            .map(|_| ())
+            .map_err(|reserved| VerbsError::CqOvercommitted { queue, depth, reserved, capacity: self.capacity })
+    }
+
+    /// Returns a reservation made by [`CompletionQueue::reserve`].
+    pub(crate) fn release(&self, depth: u32) {
+        // Saturating: a release never exceeds what was reserved, but a bug must not wrap.
+        let _ = self.reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| Some(r.saturating_sub(depth)));
     }
 
     /// Entries the provider granted (at least what was asked).

@@ -48,8 +48,19 @@ pub enum VerbsError {
     PostSend { qpn: u32, wr_id: u64, errno: i32 },
     /// `ibv_post_recv` (provider `ops.post_recv`) failed.
     PostRecv { qpn: u32, wr_id: u64, errno: i32 },
-    /// `ibv_poll_cq` (provider `ops.poll_cq`) returned a negative value.
+    /// `ibv_poll_cq` (provider `ops.poll_cq`) returned a negative value (on most providers: the
+    /// CQ overran and its completions are lost).
     PollCq { rc: i32 },
+    /// A work request completed with an error status (`status` is `IBV_WC_*`, `status_text`
+    /// libibverbs' words for it); `qpn` is the local QP it was posted on.
+    Completion { qpn: u32, wr_id: u64, status: u32, status_text: String, vendor_err: u32 },
+    /// A successful completion that is not what was posted (an opcode or id this side never used).
+    UnexpectedCompletion { qpn: u32, wr_id: u64, opcode: u32 },
+    /// Nothing completed within the bound.
+    Timeout { what: &'static str, timeout_ms: u64 },
+    /// Creating a QP would let more completions be outstanding on `queue`'s CQ than it holds
+    /// (every work request here is signalled, so each one in flight needs a CQ entry).
+    CqOvercommitted { queue: &'static str, depth: u32, reserved: u32, capacity: u32 },
     /// Device memory cannot be registered: the nvidia_peermem module is not loaded.
     PeermemAbsent { addr: usize, len: usize },
     /// A request outside what the device, port or region allows (checked before the C call).
@@ -113,7 +124,23 @@ impl fmt::Display for VerbsError {
             PostRecv { qpn, wr_id, errno } => {
                 write!(f, "ibv_post_recv(qpn {qpn:#x}, wr_id {wr_id}) failed: {}", os(*errno))
             }
-            PollCq { rc } => write!(f, "ibv_poll_cq failed (returned {rc})"),
+            PollCq { rc } => write!(f, "ibv_poll_cq failed (returned {rc}; the completion queue overran?)"),
+            Completion { qpn, wr_id, status, status_text, vendor_err } => write!(
+                f,
+                "work request {wr_id} on qpn {qpn:#x} completed with error: {status_text} (status {status}, \
+                 vendor error {vendor_err:#x})"
+            ),
+            UnexpectedCompletion { qpn, wr_id, opcode } => write!(
+                f,
+                "unexpected completion on qpn {qpn:#x}: work request {wr_id:#x} with opcode {opcode} was not posted \
+                 as such"
+            ),
+            Timeout { what, timeout_ms } => write!(f, "no {what} within {timeout_ms} ms"),
+            CqOvercommitted { queue, depth, reserved, capacity } => write!(
+                f,
+                "ibv_create_qp: {queue} queue depth {depth} does not fit its completion queue ({reserved} of \
+                 {capacity} entries already reserved by other queues); use a larger CQ or shallower queues"
+            ),
             PeermemAbsent { addr, len } => write!(
                 f,
                 "cannot register GPU memory (addr {addr:#x}, {len} bytes): the nvidia_peermem kernel module is \

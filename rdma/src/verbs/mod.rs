@@ -19,14 +19,24 @@
 //! cq.poll(&mut wc)?;
 //! ```
 //!
+//! [`VerbsLink`] packages that sequence for one peer: endpoints over an authenticated
+//! `tcp::Conn`, then tagged writes and completion events (the data path the executor can use).
+//!
 //! Nothing here has run on RDMA hardware: no machine available to this project has an RDMA
 //! device or soft-RoCE. What is checked: struct layouts and constants against rdma-core's
-//! headers, loading libibverbs and listing (no) devices, and the endpoint codec.
+//! headers (`tests/verbs_layout.rs`); loading libibverbs and listing (no) devices; the endpoint
+//! codec; and everything above end to end against a test double of libibverbs built from
+//! rdma-core's own header (`tests/verbs_mock.rs`, `tests/mock_ibverbs/mock_ibverbs.c`), which
+//! emulates RC queue pairs inside one process with the documented state machine, attribute
+//! masks, key, bounds and access checks, RNR waits and error completions. The double is not a
+//! NIC: timing, retransmission and real addressing are untested until `tests/verbs_loopback.rs`
+//! runs on a machine with an RDMA port.
 
 pub mod context;
 pub mod cq;
 pub mod endpoint;
 pub mod error;
+pub mod link;
 pub mod memory;
 pub mod qp;
 pub mod result;
@@ -38,6 +48,7 @@ pub use context::{device_names, Context, DeviceInfo, PortInfo};
 pub use cq::{CompletionQueue, WorkCompletion};
 pub use endpoint::{Endpoint, ENDPOINT_BYTES};
 pub use error::VerbsError;
+pub use link::{LinkConfig, LinkEvent, VerbsLink, LINK_FAILED, LINK_READY};
 pub use memory::{peermem_loaded, Access, MemoryKind, MemoryRegion, ProtectionDomain};
 pub use qp::{random_psn, QpConfig, QpState, QueuePair, RemoteRegion};
 

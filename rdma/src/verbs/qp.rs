@@ -131,6 +131,10 @@ pub struct QueuePair {
     psn: u32,
     config: QpConfig,
     state: QpState,
+    /// Send and receive depths the provider granted (at least what `config` asked), reserved on
+    /// `send_cq` and `recv_cq` while the QP lives.
+    send_depth: u32,
+    recv_depth: u32,
 }
 
 // SAFETY: verbs (ibv_post_send/recv included) are thread-safe; state changes take &mut self.
@@ -199,7 +203,7 @@ impl QueuePair {
         };
         // SAFETY: pd and both CQs are live (held by Arcs) and of the same context (checked).
         let ptr = unsafe { result::create_qp(pd.as_ptr(), &mut attr) }?;
-        Ok(QueuePair {
+        let mut qp = QueuePair {
             ptr,
             pd: Arc::clone(pd),
             send_cq: Arc::clone(send_cq),
@@ -210,7 +214,26 @@ impl QueuePair {
             psn: random_psn(),
             config,
             state: QpState::Reset,
-        })
+            send_depth: 0,
+            recv_depth: 0,
+        };
+        // Every request is signalled, so up to the granted depth (providers round up) of each
+        // queue can be waiting in its CQ. On refusal, dropping `qp` destroys it.
+        qp.send_cq.reserve("send", attr.cap.max_send_wr)?;
+        qp.send_depth = attr.cap.max_send_wr;
+        qp.recv_cq.reserve("receive", attr.cap.max_recv_wr)?;
+        qp.recv_depth = attr.cap.max_recv_wr;
+        Ok(qp)
+    }
+
+    /// Send queue depth the provider granted (at least `QpConfig::max_send_wr`).
+    pub fn send_depth(&self) -> u32 {
+        self.send_depth
+    }
+
+    /// Receive queue depth the provider granted (at least `QpConfig::max_recv_wr`).
+    pub fn recv_depth(&self) -> u32 {
+        self.recv_depth
     }
 
     pub fn qpn(&self) -> u32 {
@@ -436,6 +459,8 @@ impl Drop for QueuePair {
         if let Err(e) = unsafe { result::destroy_qp(self.ptr) } {
             log::warn!("{e}");
         }
+        self.send_cq.release(self.send_depth);
+        self.recv_cq.release(self.recv_depth);
     }
 }
 

@@ -637,7 +637,7 @@ pub const LIBRARY_NAMES: [&str; 2] = ["libibverbs.so.1", "libibverbs.so"];
 /// `ibv_query_gid_ex` is inline over `_ibv_query_gid_ex` (rdma-core ≥ 32); it is optional.
 pub struct Lib {
     /// The name that `dlopen` accepted.
-    pub name: &'static str,
+    pub name: String,
     pub ibv_get_device_list: unsafe extern "C" fn(num_devices: *mut c_int) -> *mut *mut ibv_device,
     pub ibv_free_device_list: unsafe extern "C" fn(list: *mut *mut ibv_device),
     pub ibv_get_device_name: unsafe extern "C" fn(device: *mut ibv_device) -> *const c_char,
@@ -683,6 +683,8 @@ pub enum LoadError {
     NotFound { tried: Vec<(String, String)> },
     /// The library opened but lacks a required symbol (an rdma-core too old or not rdma-core).
     MissingSymbol { library: String, symbol: &'static str },
+    /// [`lib_from`] named other libraries than the one the process-wide table came from.
+    AlreadyLoaded { loaded: String, requested: Vec<String> },
 }
 
 impl fmt::Display for LoadError {
@@ -698,17 +700,49 @@ impl fmt::Display for LoadError {
             LoadError::MissingSymbol { library, symbol } => {
                 write!(f, "{library} has no symbol {symbol} (rdma-core too old?)")
             }
+            LoadError::AlreadyLoaded { loaded, requested } => write!(
+                f,
+                "libibverbs is already loaded from {loaded}; cannot load it from {} as well",
+                requested.join(", ")
+            ),
         }
     }
 }
 
 impl std::error::Error for LoadError {}
 
+static LIB: OnceLock<Result<Lib, LoadError>> = OnceLock::new();
+
 /// The process-wide table, loaded on first use from [`LIBRARY_NAMES`]; a failure is kept too,
 /// so a missing library is looked for once.
 pub fn lib() -> Result<&'static Lib, &'static LoadError> {
-    static LIB: OnceLock<Result<Lib, LoadError>> = OnceLock::new();
     LIB.get_or_init(|| load_from(&LIBRARY_NAMES)).as_ref()
+}
+
+/// Loads the process-wide table from `names` (a configured path, or a test double) instead of
+/// [`LIBRARY_NAMES`]. Must come before any other verbs call: once the table is loaded, naming
+/// other libraries is refused with [`LoadError::AlreadyLoaded`] rather than silently ignored.
+/// Calling it again with the same names returns the same table (or the same error).
+pub fn lib_from(names: &[&str]) -> Result<&'static Lib, LoadError> {
+    let mut ours = false;
+    let r = LIB.get_or_init(|| {
+        ours = true;
+        load_from(names)
+    });
+    let from_these = match r {
+        Ok(l) => names.contains(&l.name.as_str()),
+        Err(LoadError::NotFound { tried }) => tried.iter().map(|(n, _)| n.as_str()).eq(names.iter().copied()),
+        Err(LoadError::MissingSymbol { library, .. }) => names.contains(&library.as_str()),
+        Err(LoadError::AlreadyLoaded { .. }) => ours,
+    };
+    if !from_these {
+        let loaded = match r {
+            Ok(l) => l.name.clone(),
+            Err(e) => format!("(failed: {e})"),
+        };
+        return Err(LoadError::AlreadyLoaded { loaded, requested: names.iter().map(|n| n.to_string()).collect() });
+    }
+    r.as_ref().map_err(Clone::clone)
 }
 
 fn dlerror_text() -> String {
@@ -725,7 +759,7 @@ fn dlerror_text() -> String {
 
 /// Opens the first of `names` that `dlopen` accepts and resolves the table from it.
 /// [`lib`] calls this once with [`LIBRARY_NAMES`]; tests call it with other names.
-pub fn load_from(names: &[&'static str]) -> Result<Lib, LoadError> {
+pub fn load_from(names: &[&str]) -> Result<Lib, LoadError> {
     let mut tried = Vec::with_capacity(names.len());
     for &name in names {
         let Ok(cname) = CString::new(name) else {
@@ -754,7 +788,7 @@ unsafe fn fn_from_symbol<F: Copy>(p: *mut c_void) -> F {
     unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
 }
 
-fn resolve(handle: *mut c_void, name: &'static str) -> Result<Lib, LoadError> {
+fn resolve(handle: *mut c_void, name: &str) -> Result<Lib, LoadError> {
     let sym = |symbol: &'static str| -> Result<*mut c_void, LoadError> {
         let c = CString::new(symbol).expect("symbol names are literals without NUL");
         // SAFETY: handle is a live dlopen handle and c is NUL-terminated.
@@ -775,7 +809,7 @@ fn resolve(handle: *mut c_void, name: &'static str) -> Result<Lib, LoadError> {
     let query_gid_ex = sym("_ibv_query_gid_ex").ok();
     let table = (|| -> Result<Lib, LoadError> {
         Ok(Lib {
-            name,
+            name: name.to_string(),
             ibv_get_device_list: func!("ibv_get_device_list"),
             ibv_free_device_list: func!("ibv_free_device_list"),
             ibv_get_device_name: func!("ibv_get_device_name"),
