@@ -91,6 +91,12 @@ pub enum Control {
     /// Data connection, receiver → sender: the last bytes of the write tagged `tag` are arriving
     /// (or it was not needed): the sender's uplink may start on another receiver.
     Almost { tag: u64 },
+    /// Data connection, sender → receiver, right after every write's payload: whether the sender
+    /// held a verified copy of what it sent. A relay forwards a block while it is still arriving
+    /// (cut-through), before its own checksum is known; `ok: false` says that copy failed (or its
+    /// upstream went away): the receiver drops what it got without counting it against the
+    /// sender, and asks again (`Nack`), which the sender serves once it holds a verified copy.
+    Verdict { tag: u64, ok: bool },
     /// One-sided ops (`peer`), target → initiator: the write tagged `tag` landed (or why not).
     WriteDone { tag: u64, error: Option<String> },
     /// One-sided ops, initiator → target: send me `len` bytes at `offset` of your region `region`.
@@ -126,6 +132,7 @@ impl Control {
             Control::Go { .. } => "go",
             Control::Skip { .. } => "skip",
             Control::Almost { .. } => "almost",
+            Control::Verdict { .. } => "verdict",
             Control::WriteDone { .. } => "write_done",
             Control::ReadReq { .. } => "read_req",
             Control::ReadFailed { .. } => "read_failed",
@@ -247,6 +254,10 @@ mod tests {
     fn control_messages_round_trip_and_garbage_is_a_clear_error() {
         let m = Control::Nack { tag: 1 << 40 | 3, reason: "crc".into() };
         assert_eq!(Control::from_body(&m.to_body(), "p").unwrap(), m);
+        let v = Control::Verdict { tag: 7, ok: false };
+        assert_eq!(Control::from_body(&v.to_body(), "p").unwrap(), v);
+        let e = Control::from_body(b"{\"type\":\"verdict\",\"tag\":7}", "peer 7").unwrap_err().to_string();
+        assert!(e.contains("ok"), "a verdict without its ok field: {e}");
         let e = Control::from_body(b"{\"type\":\"launch_missiles\"}", "peer 7").unwrap_err().to_string();
         assert!(e.contains("peer 7") && e.contains("control message"), "{e}");
     }

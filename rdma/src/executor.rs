@@ -1,12 +1,27 @@
 //! The multicast executor: one node's part of a `MulticastPlan`, run block by block.
 //!
 //! No global lock-step. The node's sender thread walks its send list in plan order; each send
-//! waits only until the node holds the block (which is what the transfer's `after` dependency
-//! means), then writes the block straight from the region to the receiver. Each incoming
-//! connection has a reader thread that checks every write against the plan and the layout (the
-//! transfer must be the peer's to send to us, at the block's offset and length), lands it in the
-//! region at the layout's offset, checks the transfer block's crc32c, and only then marks the
-//! block held, wakes the sender and publishes "block i is here" to subscribers.
+//! waits only until the block starts arriving here (the transfer's `after` dependency), then
+//! writes it straight from the region to the receiver: a block this node holds at once, a block
+//! still arriving as it lands (cut-through: the sender forwards the prefix the reader has landed,
+//! up to a per-block watermark). Each incoming connection has a reader thread that checks every
+//! write against the plan and the layout (the transfer must be the peer's to send to us, at the
+//! block's offset and length), lands it in the region at the layout's offset, checks the transfer
+//! block's crc32c, and only then marks the block held, wakes the sender and publishes "block i is
+//! here" to subscribers.
+//!
+//! Every write is followed by a `Verdict`: whether the sender's copy was verified. A forwarded
+//! copy whose landing here then failed (its checksum, or its upstream went away) is sent to the
+//! end (zeros once the copy is void) and declared void; the receiver drops it without counting it
+//! against us and asks again (`Nack`), and a `Nack` is served only from a held, verified copy: it
+//! waits until the block is held, it is never dropped. So nothing unverified is ever held,
+//! published or resent, and a corrupt copy stops at the first node whose own check fails.
+//!
+//! Block states: MISSING → LANDING (one reader claims it; `landed` grows) → HELD (checksum
+//! matched; never changes again), or → VOID (the landing failed) → RESETTING → MISSING. A
+//! forwarder reads a LANDING block's landed prefix only under a lease (`readers`); a VOID block's
+//! bytes are rewritten only after the last lease is gone, and each reset starts a new `attempt`, so
+//! a forwarder notices its copy changed under it.
 //!
 //! Faults. A write that fails its checksum is refused with a `Nack` and sent again (at most
 //! `MAX_REFETCHES` times, then the sender is reported dead). A peer that closes, breaks the
@@ -26,7 +41,8 @@ use crossbeam::channel::{bounded, Receiver, Sender};
 use planner::{Endpoint, ModelLayout, MulticastPlan};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -45,12 +61,53 @@ const EARLY_GRANT_BYTES: usize = 32 << 10;
 /// grants arrived late and the binomial pipeline went 1.21× the lower bound, with 256 KiB 1.16×
 /// (both changes, quiet machine: 1.19× → 1.10–1.12×; docs/transport.md, Measurements).
 const DATA_SEND_BUFFER_BYTES: usize = 256 << 10;
-/// Most grants a sender keeps (a receiver grants one write at a time).
+/// Most grants a sender keeps (a receiver grants one write at a time); also bounds the queue of
+/// writes to send again.
 const MAX_CREDITS: usize = 4096;
+/// Times one write may arrive void (its sender's copy failed while it forwarded it) before the
+/// sender is reported dead. A sender forwards each write once; what it sends again comes from a
+/// verified copy, so one void per write is all a working sender produces.
+pub const MAX_VOIDS: u32 = 2;
+/// A relay forwards a block that is still arriving in pieces of at least this many landed bytes
+/// (or all that is left), and its reader wakes it when the landed prefix crosses a multiple of it.
+pub const FORWARD_MIN_BYTES: usize = 64 << 10;
+/// ... and at most this many per `write` call (bounds how long it holds the block's lease).
+const FORWARD_MAX_BYTES: usize = 1 << 20;
+/// Longest a forwarder waits on one of its bounded waits before it checks `stop` again.
+const FORWARD_POLL_MS: u64 = 50;
+/// What a forwarder sends for the rest of a write whose copy went void.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 const MISSING: u8 = 0;
 const LANDING: u8 = 1;
 const HELD: u8 = 2;
+/// The landing failed; the bytes wait for the last forwarder's lease to go before they are reused.
+const VOID: u8 = 3;
+/// One thread is turning a VOID block back into a MISSING one.
+const RESETTING: u8 = 4;
+
+/// One transfer block's state on this node (see the module docs).
+struct Slot {
+    state: AtomicU8,
+    /// Bytes of the current landing in the region (a prefix of the block); set by the landing
+    /// reader with `Release` after the bytes are in place, read by forwarders with `Acquire`.
+    landed: AtomicU64,
+    /// Bumped by every reset: a forwarder's copy is current while the attempt it started on is.
+    attempt: AtomicU32,
+    /// Forwarders reading the landed prefix now (leases).
+    readers: AtomicU32,
+}
+
+impl Slot {
+    fn new(state: u8) -> Slot {
+        Slot {
+            state: AtomicU8::new(state),
+            landed: AtomicU64::new(0),
+            attempt: AtomicU32::new(0),
+            readers: AtomicU32::new(0),
+        }
+    }
+}
 
 /// What the executor tells its owner (the worker, which tells the coordinator).
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +142,8 @@ struct State {
     dead: Vec<bool>,
     corrupt: HashSet<u32>,
     nacks: HashMap<u64, u32>,
+    /// Receiver side: void writes (their sender's copy failed while it forwarded them), by tag.
+    voids: HashMap<u64, u32>,
     refetched: u32,
     out: HashMap<u32, ConnWriter>,
     /// Offers of a block drained while another peer was landing it: (peer's writer, tag).
@@ -114,13 +173,16 @@ struct Shared {
     peers: Vec<SocketAddr>,
     secret: Secret,
     timeout_ms: u64,
-    blocks: Vec<AtomicU8>,
+    slots: Vec<Slot>,
     held: AtomicUsize,
     receiver: bool,
     st: Mutex<State>,
     cv: Condvar,
     events: Sender<Event>,
     subscribers: Mutex<Vec<Sender<u32>>>,
+    /// Counts landing progress and block state changes; forwarders wait on it for more bytes.
+    progress: Mutex<u64>,
+    progress_cv: Condvar,
     stop: AtomicBool,
     running: AtomicBool,
     listen_addr: SocketAddr,
@@ -141,13 +203,95 @@ fn split_tag(tag: u64) -> (u64, u32) {
     (tag >> 32, tag as u32)
 }
 
+/// See `Shared::lease`.
+struct Lease<'a> {
+    sh: &'a Shared,
+    b: u32,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let s = &self.sh.slots[self.b as usize];
+        if s.readers.fetch_sub(1, Ordering::SeqCst) == 1 && s.state.load(Ordering::SeqCst) == VOID {
+            self.sh.reset_block(self.b);
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn is_held(&self, b: u32) -> bool {
-        self.blocks[b as usize].load(Ordering::Acquire) == HELD
+        self.slots[b as usize].state.load(Ordering::Acquire) == HELD
+    }
+
+    /// Whether a send of `b` may start: held, or arriving (forwarded as it lands).
+    fn forwardable(&self, b: u32) -> bool {
+        matches!(self.slots[b as usize].state.load(Ordering::Acquire), HELD | LANDING)
+    }
+
+    /// Wakes forwarders waiting for landing progress or a block's verdict.
+    fn bump(&self) {
+        let mut g = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        *g = g.wrapping_add(1);
+        drop(g);
+        self.progress_cv.notify_all();
+    }
+
+    fn progress_seen(&self) -> u64 {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits at most `max` for a `bump` after `seen` was read.
+    fn wait_progress(&self, seen: u64, max: Duration) {
+        let g = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        if *g == seen {
+            let _ = self.progress_cv.wait_timeout(g, max);
+        }
+    }
+
+    /// A lease on block `b`'s bytes: while it lives, a VOID block is not reset (its bytes are not
+    /// rewritten). Check the state after taking it (the SeqCst increment pairs with the SeqCst
+    /// store of VOID and load of `readers` in `void_block`: one of the two sees the other).
+    fn lease(&self, b: u32) -> Lease<'_> {
+        self.slots[b as usize].readers.fetch_add(1, Ordering::SeqCst);
+        Lease { sh: self, b }
+    }
+
+    /// The landing of `b` failed: its bytes are void. Reset at once if nobody forwards them,
+    /// otherwise the last lease resets it.
+    fn void_block(&self, b: u32) {
+        let s = &self.slots[b as usize];
+        s.state.store(VOID, Ordering::SeqCst);
+        if s.readers.load(Ordering::SeqCst) == 0 {
+            self.reset_block(b);
+        }
+        self.bump();
+    }
+
+    /// VOID → MISSING (once, by whoever gets there first), then asks peers whose offers of `b`
+    /// were drained meanwhile to send it again.
+    fn reset_block(&self, b: u32) {
+        let s = &self.slots[b as usize];
+        if s.state.compare_exchange(VOID, RESETTING, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            return;
+        }
+        s.landed.store(0, Ordering::Relaxed);
+        s.attempt.fetch_add(1, Ordering::Relaxed);
+        // publishes the two stores above to whoever sees MISSING (and then claims the block)
+        s.state.store(MISSING, Ordering::SeqCst);
+        self.ask_offers_again(b);
+        self.bump();
+    }
+
+    /// A landing of `b` failed: ask the peers whose offers were drained meanwhile to send it again.
+    fn ask_offers_again(&self, b: u32) {
+        let offers = self.lock().offers.remove(&b).unwrap_or_default();
+        for (w, tag) in offers {
+            let _ = w.control(&Control::Nack { tag, reason: format!("block {b}: the landing it waited for failed") });
+        }
     }
 
     fn event(&self, e: Event) {
@@ -251,16 +395,18 @@ impl Shared {
     fn mark_held(&self, b: u32) {
         {
             let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-            self.blocks[b as usize].store(HELD, Ordering::Release);
+            self.slots[b as usize].state.store(HELD, Ordering::SeqCst);
             subs.retain(|s| s.try_send(b).is_ok() || !s.is_full());
         }
+        self.bump();
         // The event goes out before the count moves, so whoever completes the count has seen
         // every other block's event queued first: `Done` is never ahead of a `Held`.
         self.event(Event::Held { block: b });
         let n = self.held.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(self.lock());
         self.cv.notify_all();
         self.advance_grants(None);
-        if n == self.blocks.len() && self.receiver {
+        if n == self.slots.len() && self.receiver {
             let refetched = self.lock().refetched;
             self.event(Event::Done { refetched });
         }
@@ -304,7 +450,7 @@ impl Executor {
         cfg.region.check(MODEL_REGION, 0, end).map_err(|_| {
             Error::Region(format!("the model ends at byte {end}; the region has {} bytes", cfg.region.len()))
         })?;
-        let blocks: Vec<AtomicU8> = (0..nb).map(|_| AtomicU8::new(MISSING)).collect();
+        let slots: Vec<Slot> = (0..nb).map(|_| Slot::new(MISSING)).collect();
         let mut held = 0;
         for (b, tb) in cfg.layout.transfer_blocks.iter().enumerate() {
             if plan.initial.holds(cfg.node as usize, b) {
@@ -317,7 +463,7 @@ impl Executor {
                         cfg.node, tb.crc32c
                     )));
                 }
-                blocks[b].store(HELD, Ordering::Relaxed);
+                slots[b].state.store(HELD, Ordering::Relaxed);
                 held += 1;
             }
         }
@@ -331,7 +477,7 @@ impl Executor {
             peers: cfg.peers,
             secret: cfg.secret,
             timeout_ms: cfg.timeout_ms,
-            blocks,
+            slots,
             held: AtomicUsize::new(held),
             receiver,
             st: Mutex::new(State {
@@ -341,6 +487,7 @@ impl Executor {
                 dead: vec![false; n],
                 corrupt: cfg.corrupt_transfers.into_iter().collect(),
                 nacks: HashMap::new(),
+                voids: HashMap::new(),
                 refetched: 0,
                 out: HashMap::new(),
                 offers: HashMap::new(),
@@ -357,6 +504,8 @@ impl Executor {
             cv: Condvar::new(),
             events: tx,
             subscribers: Mutex::new(Vec::new()),
+            progress: Mutex::new(0),
+            progress_cv: Condvar::new(),
             stop: AtomicBool::new(false),
             running: AtomicBool::new(false),
             listen_addr,
@@ -394,7 +543,7 @@ impl Executor {
     /// A channel that gets every block id once, when the block is held and verified (blocks
     /// already held first). Bounded by the number of blocks, so it never blocks the executor.
     pub fn subscribe(&self) -> Receiver<u32> {
-        let nb = self.shared.blocks.len();
+        let nb = self.shared.slots.len();
         let (tx, rx) = bounded(nb.max(1));
         let mut subs = self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         for b in 0..nb as u32 {
@@ -407,7 +556,7 @@ impl Executor {
     }
 
     pub fn holds(&self, block: u32) -> bool {
-        (block as usize) < self.shared.blocks.len() && self.shared.is_held(block)
+        (block as usize) < self.shared.slots.len() && self.shared.is_held(block)
     }
 
     pub fn held_count(&self) -> usize {
@@ -454,16 +603,20 @@ impl Executor {
         if self.shared.stop.swap(true, Ordering::AcqRel) {
             return;
         }
-        {
+        // Closed outside the state lock: `close` waits for a write in progress, and a forwarder
+        // that holds a connection may take the state lock (to ask peers again) before it lets go.
+        let (out, incoming) = {
             let mut st = self.shared.lock();
-            for (_, w) in st.out.drain() {
-                w.close("multicast finished");
-            }
-            for w in st.incoming.drain(..) {
-                w.abort();
-            }
-        }
+            (st.out.drain().map(|(_, w)| w).collect::<Vec<_>>(), std::mem::take(&mut st.incoming))
+        };
         self.shared.cv.notify_all();
+        self.shared.bump();
+        for w in incoming {
+            w.abort();
+        }
+        for w in out {
+            w.close("multicast finished");
+        }
         // Wake the accept loop.
         let _ = std::net::TcpStream::connect_timeout(&self.shared.listen_addr, Duration::from_millis(200));
         for t in self.threads.drain(..) {
@@ -489,7 +642,7 @@ fn send_loop(sh: &Arc<Shared>) {
     let mut cur_epoch = u64::MAX;
     let mut idx = 0usize;
     loop {
-        let tag = {
+        let (tag, retransmit) = {
             let mut st = sh.lock();
             loop {
                 if sh.stop.load(Ordering::Acquire) {
@@ -503,8 +656,11 @@ fn send_loop(sh: &Arc<Shared>) {
                     cur_epoch = st.epoch;
                     idx = 0;
                 }
-                if let Some(t) = st.retransmit.pop_front() {
-                    break t;
+                // A write to send again goes first, once its block is held here (only a verified copy
+                // is sent again; one whose block is still missing waits, it is not dropped).
+                if let Some(pos) = st.retransmit.iter().position(|&t| retransmit_ready(sh, &st, t)) {
+                    let t = st.retransmit.remove(pos).expect("the position is in the queue");
+                    break (t, true);
                 }
                 let plan = st.plans[cur_epoch as usize].clone();
                 let sends = &plan.nodes[me].sends;
@@ -528,10 +684,10 @@ fn send_loop(sh: &Arc<Shared>) {
                     if !st.out.contains_key(&t.to) {
                         // connect early, so the receiver's grant can reach us
                         connect_to = Some(t.to);
-                    } else if !busy && sh.is_held(t.block) && st.credits.remove(&tag) {
+                    } else if !busy && sh.forwardable(t.block) && st.credits.remove(&tag) {
                         idx += 1;
                         st.awaiting = Some((t.to, tag, Instant::now()));
-                        break tag;
+                        break (tag, false);
                     }
                 }
                 if let Some(to) = connect_to {
@@ -545,22 +701,51 @@ fn send_loop(sh: &Arc<Shared>) {
                 st = sh.cv.wait_timeout(st, Duration::from_millis(200)).unwrap_or_else(|p| p.into_inner()).0;
             }
         };
-        send_one(sh, tag);
+        send_one(sh, tag, retransmit);
     }
 }
 
-fn send_one(sh: &Arc<Shared>, tag: u64) {
+/// Whether a write to send again can go now: its block is held (or the tag names nothing we
+/// send, which `send_one` drops).
+fn retransmit_ready(sh: &Shared, st: &State, tag: u64) -> bool {
     let (epoch, id) = split_tag(tag);
-    let (plan, corrupt) = {
-        let mut st = sh.lock();
-        let Some(plan) = st.plans.get(epoch as usize).cloned() else { return };
-        let corrupt = epoch == 0 && st.corrupt.remove(&id);
-        (plan, corrupt)
-    };
-    let Some(t) = plan.transfers.get(id as usize) else { return };
-    if t.from != Endpoint::Node(sh.me) || !sh.is_held(t.block) {
+    match st.plans.get(epoch as usize).and_then(|p| p.transfers.get(id as usize)) {
+        Some(t) => t.from != Endpoint::Node(sh.me) || sh.is_held(t.block),
+        None => true,
+    }
+}
+
+/// Queues a write to send again (once its block is held), at most once, within the bound.
+fn queue_retransmit(sh: &Shared, tag: u64) {
+    let mut st = sh.lock();
+    if st.retransmit.contains(&tag) {
         return;
     }
+    if st.retransmit.len() >= MAX_CREDITS {
+        log::error!("node {}: {MAX_CREDITS} writes queued to send again; dropping {tag:#x}", sh.me);
+        return;
+    }
+    st.retransmit.push_back(tag);
+    drop(st);
+    sh.cv.notify_all();
+}
+
+fn send_one(sh: &Arc<Shared>, tag: u64, retransmit: bool) {
+    let (epoch, id) = split_tag(tag);
+    let Some(plan) = sh.lock().plans.get(epoch as usize).cloned() else { return };
+    let Some(t) = plan.transfers.get(id as usize) else { return };
+    if t.from != Endpoint::Node(sh.me) {
+        log::warn!("node {}: asked to send {tag:#x}, which is not ours to send", sh.me);
+        return;
+    }
+    let state = sh.slots[t.block as usize].state.load(Ordering::SeqCst);
+    if state != HELD && (retransmit || state != LANDING) {
+        // Sent again only from a verified copy; a landing that failed since this send was picked
+        // leaves nothing to forward. Either way: send it once the block is held, never drop it.
+        queue_retransmit(sh, tag);
+        return;
+    }
+    let corrupt = epoch == 0 && sh.lock().corrupt.remove(&id);
     let to = t.to;
     let tb = sh.layout.transfer_blocks[t.block as usize];
     let writer = match writer_to(sh, to) {
@@ -577,26 +762,120 @@ fn send_one(sh: &Arc<Shared>, tag: u64) {
             return;
         }
     };
-    // SAFETY: the block is HELD, so no landing writes its range again (held blocks are never reclaimed).
-    let bytes = match unsafe { sh.region.host_bytes(range) } {
-        Ok(b) => b,
-        Err(e) => {
-            log::error!("node {}: {e}", sh.me);
-            return;
-        }
-    };
-    let desc = WriteDesc { region: MODEL_REGION, offset: tb.offset, len: tb.len, tag };
-    let r = if corrupt {
+    if corrupt {
         log::warn!("node {}: test hook: flipping a bit of transfer {id} (block {}) in flight", sh.me, t.block);
-        let mut copy = bytes.to_vec();
-        let mid = copy.len() / 2;
-        copy[mid] ^= 0x10;
-        writer.write(desc, &copy)
-    } else {
-        writer.write(desc, bytes)
-    };
-    if let Err(e) = r {
-        sh.report_dead(to, format!("sending block {}: {e}", t.block));
+    }
+    let desc = WriteDesc { region: MODEL_REGION, offset: tb.offset, len: tb.len, tag };
+    let r = forward(sh, t.block, range, &writer, desc, corrupt)
+        .and_then(|ok| writer.control(&Control::Verdict { tag, ok }).map(|_| ok));
+    match r {
+        Ok(true) => {}
+        Ok(false) => log::warn!(
+            "node {}: our copy of block {} failed while we forwarded it to node {to}; sent as void",
+            sh.me,
+            t.block
+        ),
+        Err(_) if sh.stop.load(Ordering::Acquire) => {}
+        Err(e) => sh.report_dead(to, format!("sending block {}: {e}", t.block)),
+    }
+}
+
+/// Sends block `b` (its bytes are `range` of the region) as one write on `writer`: a held block
+/// at once, a block still landing as it lands, never past the landed watermark. Returns the
+/// write's verdict: whether what went out is this node's verified copy. A copy that fails
+/// meanwhile (its landing's checksum, or no progress for half the timeout: its upstream is gone)
+/// is void: the rest of the write is zeros, and the verdict says so.
+fn forward(
+    sh: &Shared,
+    b: u32,
+    range: Range<usize>,
+    writer: &ConnWriter,
+    desc: WriteDesc,
+    corrupt: bool,
+) -> Result<bool> {
+    let slot = &sh.slots[b as usize];
+    let len = range.len();
+    let stall = Duration::from_millis((sh.timeout_ms / 2).max(1));
+    let poll = Duration::from_millis(FORWARD_POLL_MS);
+    let flip_at = corrupt.then_some(len / 2);
+    let stopped = || Error::Multicast("the executor is stopping".into());
+    let mut stream = writer.write_stream(desc)?;
+    let mut sent = 0usize;
+    // the landing attempt whose bytes we forward (taken under the first lease)
+    let mut attempt: Option<u32> = None;
+    let mut void = false;
+    let mut last = Instant::now();
+    while sent < len {
+        if sh.stop.load(Ordering::Acquire) {
+            return Err(stopped());
+        }
+        if void {
+            let n = (len - sent).min(ZEROS.len());
+            stream.send(&ZEROS[..n])?;
+            sent += n;
+            continue;
+        }
+        let seen = sh.progress_seen();
+        {
+            let _lease = sh.lease(b);
+            let state = slot.state.load(Ordering::SeqCst);
+            let a = slot.attempt.load(Ordering::SeqCst);
+            if !matches!(state, HELD | LANDING) || *attempt.get_or_insert(a) != a {
+                void = true;
+                continue;
+            }
+            let upto = if state == HELD { len } else { (slot.landed.load(Ordering::Acquire) as usize).min(len) };
+            if upto > sent && (upto - sent >= FORWARD_MIN_BYTES || upto == len) {
+                let end = upto.min(sent + FORWARD_MAX_BYTES);
+                let part = range.start + sent..range.start + end;
+                // SAFETY: `part` lies below the landed watermark of the attempt we hold a lease on
+                // (or the block is held): those bytes are in place (the reader published the
+                // watermark with Release after they landed, we read it with Acquire) and nothing
+                // writes them while the lease lives (a failed landing's bytes are rewritten only
+                // after a reset, which waits for every lease; a held block is never rewritten).
+                let bytes = unsafe { sh.region.host_bytes(part)? };
+                match flip_at {
+                    Some(m) if (sent..end).contains(&m) => {
+                        let mut copy = bytes.to_vec();
+                        copy[m - sent] ^= 0x10;
+                        stream.send(&copy)?;
+                    }
+                    _ => stream.send(bytes)?,
+                }
+                sent = end;
+                last = Instant::now();
+                continue;
+            }
+        }
+        if last.elapsed() >= stall {
+            log::warn!("node {}: block {b} made no progress for {} ms while we forwarded it", sh.me, stall.as_millis());
+            void = true;
+            continue;
+        }
+        sh.wait_progress(seen, poll);
+    }
+    stream.finish()?;
+    if void {
+        return Ok(false);
+    }
+    // Everything went out; the verdict is this node's own check of the same landing.
+    loop {
+        let seen = sh.progress_seen();
+        let state = slot.state.load(Ordering::SeqCst);
+        let a = slot.attempt.load(Ordering::SeqCst);
+        if attempt.is_some_and(|x| x != a) || !matches!(state, HELD | LANDING) {
+            return Ok(false);
+        }
+        if state == HELD {
+            return Ok(true);
+        }
+        if sh.stop.load(Ordering::Acquire) {
+            return Err(stopped());
+        }
+        if last.elapsed() >= stall {
+            return Ok(false);
+        }
+        sh.wait_progress(seen, poll);
     }
 }
 
@@ -623,8 +902,7 @@ fn nack_loop(sh: &Arc<Shared>, to: u32, r: &mut ConnReader) {
         match r.recv() {
             Ok(Incoming::Control(Control::Nack { tag, reason })) => {
                 log::warn!("node {}: node {to} asks again for {tag:#x}: {reason}", sh.me);
-                sh.lock().retransmit.push_back(tag);
-                sh.cv.notify_all();
+                queue_retransmit(sh, tag);
             }
             Ok(Incoming::Control(Control::Almost { tag })) => {
                 let mut st = sh.lock();
@@ -737,7 +1015,7 @@ fn serve(sh: &Arc<Shared>, conn: tcp::Conn) {
             Ok(Incoming::Close(_)) => return,
             Ok(other) => Err(Error::Protocol {
                 peer: format!("node {peer}"),
-                reason: format!("only writes are allowed on a data connection, got {other:?}"),
+                reason: format!("only writes are allowed on a data connection, got {}", describe(&other)),
             }),
             Err(e) => Err(e),
         };
@@ -768,34 +1046,86 @@ fn on_write(sh: &Arc<Shared>, peer: u32, d: WriteDesc, r: &mut ConnReader, w: &C
         )));
     }
     let b = t.block;
-    let slot = &sh.blocks[b as usize];
-    if slot.compare_exchange(MISSING, LANDING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    let slot = &sh.slots[b as usize];
+    if slot.state.compare_exchange(MISSING, LANDING, Ordering::SeqCst, Ordering::SeqCst).is_err() {
         r.discard()?;
         w.control(&Control::Almost { tag: d.tag })?;
-        if slot.load(Ordering::Acquire) == LANDING {
-            sh.lock().offers.entry(b).or_default().push((w.clone(), d.tag));
+        // Held: nothing to do. Landing (or a failed landing being reset): remember the offer, asked
+        // for again if that landing fails. Missing again (it failed meanwhile): ask again now.
+        let ask_now = {
+            let mut st = sh.lock();
+            match slot.state.load(Ordering::SeqCst) {
+                HELD => false,
+                MISSING => true,
+                _ => {
+                    let offers = st.offers.entry(b).or_default();
+                    if offers.len() < MAX_INCOMING_PER_NODE * sh.peers.len() {
+                        offers.push((w.clone(), d.tag));
+                    }
+                    false
+                }
+            }
+        };
+        expect_verdict(peer, r, d.tag)?;
+        if ask_now {
+            w.control(&Control::Nack { tag: d.tag, reason: format!("block {b}: the landing it waited for failed") })?;
         }
         return Ok(());
     }
-    let early = (tb.len as usize / 2).min(EARLY_GRANT_BYTES);
+    // The block is arriving: wake the sender, whose next send may forward it as it lands (the
+    // lock orders this after a sender's check of the state, so the wake-up is not lost).
+    drop(sh.lock());
+    sh.cv.notify_all();
+    let len = tb.len as usize;
+    let early = (len / 2).min(EARLY_GRANT_BYTES);
     let near_end = || {
         let _ = w.control(&Control::Almost { tag: d.tag });
         sh.advance_grants(Some(d.tag));
     };
-    if let Err(e) = r.land_notify(&sh.region, MODEL_REGION, early, near_end) {
-        slot.store(MISSING, Ordering::Release);
-        ask_offers_again(sh, b);
+    let mut woke = 0usize;
+    let progress = |at: usize| {
+        // the bytes below `at` are in place: forwarders may read them
+        slot.landed.store(at as u64, Ordering::Release);
+        if at == len || at / FORWARD_MIN_BYTES != woke / FORWARD_MIN_BYTES {
+            woke = at;
+            sh.bump();
+        }
+    };
+    if let Err(e) = r.land_progress(&sh.region, MODEL_REGION, early, near_end, progress) {
+        sh.void_block(b);
         return Err(e);
     }
     let range = sh.region.check(MODEL_REGION, tb.offset, tb.len)?;
-    // SAFETY: this thread claimed the block (LANDING), so no one else writes its range.
+    // SAFETY: this thread claimed the block (LANDING) and every byte has landed; forwarders only
+    // read it, so no one writes the range while we read it.
     let crc = crc32c::crc32c(unsafe { sh.region.host_bytes(range)? });
     if crc == tb.crc32c {
         sh.lock().offers.remove(&b);
         sh.mark_held(b);
+        // Verified here, whatever the sender's verdict (a void copy that matches is the block).
+        expect_verdict(peer, r, d.tag)?;
         return Ok(());
     }
-    slot.store(MISSING, Ordering::Release);
+    // Our copy failed: our own forwards of it end void, and the block is claimed again.
+    sh.void_block(b);
+    let sender_ok = expect_verdict(peer, r, d.tag)?;
+    let reason = format!("block {b} crc32c {crc:08x}, expected {:08x}", tb.crc32c);
+    if !sender_ok {
+        // The sender forwarded a copy that failed upstream of it and said so: not its fault, not a
+        // refetch of ours; it sends again once it holds a verified copy.
+        let count = {
+            let mut st = sh.lock();
+            let c = st.voids.entry(d.tag).or_insert(0);
+            *c += 1;
+            *c
+        };
+        log::info!("node {}: from node {peer}: a void copy ({reason}); asking again", sh.me);
+        if count > MAX_VOIDS {
+            return Err(bad(format!("write {:#x} arrived void {count} times", d.tag)));
+        }
+        w.control(&Control::Nack { tag: d.tag, reason: format!("{reason}: your copy was void") })?;
+        return Ok(());
+    }
     let count = {
         let mut st = sh.lock();
         st.refetched += 1;
@@ -803,20 +1133,31 @@ fn on_write(sh: &Arc<Shared>, peer: u32, d: WriteDesc, r: &mut ConnReader, w: &C
         *c += 1;
         *c
     };
-    let reason = format!("block {b} crc32c {crc:08x}, expected {:08x}", tb.crc32c);
     log::warn!("node {}: from node {peer}: {reason}; asking again ({count} of {MAX_REFETCHES})", sh.me);
     if count > MAX_REFETCHES {
         return Err(bad(format!("{reason}, {count} times")));
     }
     w.control(&Control::Nack { tag: d.tag, reason })?;
-    ask_offers_again(sh, b);
     Ok(())
 }
 
-/// A landing of `b` failed: ask the peers whose offers were drained meanwhile to send it again.
-fn ask_offers_again(sh: &Arc<Shared>, b: u32) {
-    let offers = sh.lock().offers.remove(&b).unwrap_or_default();
-    for (w, tag) in offers {
-        let _ = w.control(&Control::Nack { tag, reason: format!("block {b}: the landing it waited for failed") });
+/// The frame after a write's payload: its verdict (whether the sender's copy was verified).
+fn expect_verdict(peer: u32, r: &mut ConnReader, tag: u64) -> Result<bool> {
+    match r.recv()? {
+        Incoming::Control(Control::Verdict { tag: t, ok }) if t == tag => Ok(ok),
+        other => Err(Error::Protocol {
+            peer: format!("node {peer}"),
+            reason: format!("a write (tag {tag:#x}) must be followed by its verdict, not {}", describe(&other)),
+        }),
+    }
+}
+
+/// A frame in a few words (a message's bytes are not worth printing).
+fn describe(i: &Incoming) -> String {
+    match i {
+        Incoming::Control(c) => format!("a {} message", c.name()),
+        Incoming::Message(m) => format!("a {}-byte channel message", m.len()),
+        Incoming::Write(d) => format!("a write of {} bytes (tag {:#x})", d.len, d.tag),
+        Incoming::Close(r) => format!("a close ({r})"),
     }
 }

@@ -116,8 +116,10 @@ mod tests {
     fn sample_inputs_hold_the_properties() {
         let k = key();
         let mut stream_bytes = vec![0u8];
-        for (i, kind) in [Kind::Ping, Kind::Control, Kind::Write, Kind::Message].into_iter().enumerate() {
+        for (i, kind) in [Kind::Ping, Kind::Control, Kind::Write, Kind::Control, Kind::Message].into_iter().enumerate()
+        {
             let b = match kind {
+                Kind::Control if i == 3 => Control::Verdict { tag: 1, ok: false }.to_body(),
                 Kind::Control => Control::Finish.to_body(),
                 Kind::Write => WriteDesc { region: 0, offset: 0, len: 3, tag: 1 }.encode().to_vec(),
                 Kind::Message => vec![1, 2, 3],

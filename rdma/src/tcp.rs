@@ -67,8 +67,22 @@ struct WriterInner {
 #[derive(Clone)]
 pub struct ConnWriter {
     inner: Arc<Mutex<WriterInner>>,
+    /// The same socket, for `abort` without the writer's lock (a write in progress may hold it
+    /// for as long as its payload takes; shutting the socket down makes that write fail at once).
+    shut: Arc<TcpStream>,
     peer: Arc<str>,
     timeout_ms: u64,
+}
+
+/// A write whose payload is sent piece by piece (`ConnWriter::write_stream`): a relay forwards a
+/// block while it is still arriving. It holds the connection until every announced byte is sent;
+/// dropped before that, it shuts the connection down (the peer would read the next frame from the
+/// middle of the payload otherwise).
+pub struct WriteStream<'a> {
+    w: std::sync::MutexGuard<'a, WriterInner>,
+    peer: &'a str,
+    timeout_ms: u64,
+    left: u64,
 }
 
 /// An authenticated connection.
@@ -152,6 +166,7 @@ fn finish(
         timeout_ms: ms,
     }));
     keepalive_register(&inner);
+    let shut = stream.try_clone().map_err(|e| Error::Io { op: "clone socket", peer: peer.clone(), err: e })?;
     Ok(Conn {
         reader: ConnReader {
             stream,
@@ -162,7 +177,7 @@ fn finish(
             peer: peer.clone(),
             timeout_ms: ms,
         },
-        writer: ConnWriter { inner, peer: peer.into(), timeout_ms: ms },
+        writer: ConnWriter { inner, shut: Arc::new(shut), peer: peer.into(), timeout_ms: ms },
     })
 }
 
@@ -342,7 +357,21 @@ impl ConnReader {
         region: &Region,
         region_id: u32,
         notify_remaining_bytes: usize,
+        near_end: impl FnMut(),
+    ) -> Result<WriteDesc> {
+        self.land_progress(region, region_id, notify_remaining_bytes, near_end, |_| {})
+    }
+
+    /// `land_notify`, also calling `progress(n)` after every read from the socket, where `n` is
+    /// how many bytes of the payload (a prefix) are in the region by then: a relay forwards that
+    /// prefix while the rest arrives. `progress` runs after the bytes are in place.
+    pub fn land_progress(
+        &mut self,
+        region: &Region,
+        region_id: u32,
+        notify_remaining_bytes: usize,
         mut near_end: impl FnMut(),
+        mut progress: impl FnMut(usize),
     ) -> Result<WriteDesc> {
         let d = self.pending.take().ok_or_else(|| Error::Protocol {
             peer: self.peer.clone(),
@@ -372,7 +401,10 @@ impl ConnReader {
             let dst = unsafe { std::slice::from_raw_parts_mut(base.add(at), step) };
             match self.stream.read(dst) {
                 Ok(0) => return Err(Error::Closed { peer: self.peer.clone(), during: "a write's payload" }),
-                Ok(n) => at += n,
+                Ok(n) => {
+                    at += n;
+                    progress(at);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io("read write payload", &self.peer, e, self.timeout_ms)),
             }
@@ -464,6 +496,22 @@ impl ConnWriter {
         self.send(Kind::Write, &desc.encode(), payload)
     }
 
+    /// Starts a write whose `desc.len` payload bytes follow piece by piece (`WriteStream::send`,
+    /// then `WriteStream::finish`). Nothing else goes out on this connection meanwhile; keep-alive
+    /// pings skip it, so the caller must send something within the connection's timeout.
+    pub fn write_stream(&self, desc: WriteDesc) -> Result<WriteStream<'_>> {
+        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if w.closed {
+            return Err(Error::Closed { peer: self.peer.to_string(), during: "send (already closed)" });
+        }
+        let frame = wire::encode(Kind::Write, w.seq, &desc.encode(), &w.key)
+            .map_err(|err| Error::Wire { peer: self.peer.to_string(), err })?;
+        w.seq += 1;
+        let mut ws = WriteStream { w, peer: &self.peer, timeout_ms: self.timeout_ms, left: desc.len };
+        ws.put(&frame)?;
+        Ok(ws)
+    }
+
     /// Caps the socket's send buffer at `bytes` (SO_SNDBUF; the kernel doubles it for its own
     /// bookkeeping). The send buffer holds every unacknowledged byte, so this also bounds how much
     /// of this connection waits in the link's queue ahead of other connections' control messages.
@@ -501,11 +549,67 @@ impl ConnWriter {
         let _ = w.stream.shutdown(std::net::Shutdown::Both);
     }
 
-    /// Shuts the socket down at once (both halves: a blocked reader returns).
+    /// Shuts the socket down at once (both halves: a blocked reader returns, and so does a write in
+    /// progress, which may hold the writer's lock: this does not take it).
     pub fn abort(&self) {
-        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        w.closed = true;
-        let _ = w.stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.shut.shutdown(std::net::Shutdown::Both);
+        if let Ok(mut w) = self.inner.try_lock() {
+            w.closed = true;
+        }
+    }
+}
+
+impl WriteStream<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        let r = self.w.stream.write_all(bytes);
+        self.w.last_send = Instant::now();
+        if let Err(e) = r {
+            self.w.closed = true;
+            let _ = self.w.stream.shutdown(std::net::Shutdown::Both);
+            return Err(Error::io("write", self.peer, e, self.timeout_ms));
+        }
+        Ok(())
+    }
+
+    /// Payload bytes still to send.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// Sends the next `bytes` of the payload; more than announced is refused (nothing sent).
+    pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() as u64 > self.left {
+            return Err(Error::Protocol {
+                peer: self.peer.to_string(),
+                reason: format!(
+                    "internal: {} more payload bytes than the write announced",
+                    bytes.len() as u64 - self.left
+                ),
+            });
+        }
+        self.put(bytes)?;
+        self.left -= bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the write; an error (and the connection shut down) unless every byte was sent.
+    pub fn finish(self) -> Result<()> {
+        if self.left > 0 {
+            return Err(Error::Protocol {
+                peer: self.peer.to_string(),
+                reason: format!("internal: a write ended {} bytes short; connection closed", self.left),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriteStream<'_> {
+    fn drop(&mut self) {
+        if self.left > 0 {
+            self.w.closed = true;
+            let _ = self.w.stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
@@ -619,6 +723,48 @@ mod tests {
         assert!(matches!(s.reader.land(region.region(), 0), Err(Error::Bounds { offset: 8190, .. })));
         // SAFETY: as above.
         assert_eq!(unsafe { region.bytes(8186, 6) }.unwrap(), &[0; 6], "nothing written");
+    }
+
+    #[test]
+    fn a_streamed_write_lands_as_one_and_one_cut_short_closes_the_connection() {
+        let (s, c) = pair(secret(1), secret(1));
+        let (mut s, c) = (s.unwrap(), c.unwrap());
+        let region = crate::region::OwnedRegion::zeroed(8192).unwrap();
+        let d = WriteDesc { region: 0, offset: 100, len: 6, tag: 4 };
+        let mut ws = c.writer.write_stream(d).unwrap();
+        ws.send(b"abc").unwrap();
+        assert!(ws.send(b"defg").is_err(), "more than announced is refused");
+        ws.send(b"def").unwrap();
+        assert_eq!(ws.left(), 0);
+        ws.finish().unwrap();
+        c.writer.control(&Control::Ready).unwrap();
+        assert!(matches!(s.reader.recv().unwrap(), Incoming::Write(x) if x == d));
+        let mut seen = Vec::new();
+        s.reader.land_progress(region.region(), 0, 0, || {}, |n| seen.push(n)).unwrap();
+        assert_eq!(seen.last(), Some(&6), "progress ends at the write's length: {seen:?}");
+        // SAFETY: nobody else writes the region now.
+        assert_eq!(unsafe { region.bytes(100, 6) }.unwrap(), b"abcdef");
+        assert!(matches!(s.reader.recv().unwrap(), Incoming::Control(Control::Ready)));
+        // dropped before its last byte: the connection is shut, nothing else can follow
+        let mut ws = c.writer.write_stream(WriteDesc { len: 10, ..d }).unwrap();
+        ws.send(b"12345").unwrap();
+        drop(ws);
+        assert!(c.writer.control(&Control::Ready).is_err());
+        assert!(matches!(s.reader.recv().unwrap(), Incoming::Write(_)));
+        assert!(s.reader.land(region.region(), 0).is_err(), "the payload ends early");
+    }
+
+    #[test]
+    fn abort_does_not_wait_for_a_write_in_progress() {
+        let (s, c) = pair(secret(1), secret(1));
+        let (_s, c) = (s.unwrap(), c.unwrap());
+        let mut ws = c.writer.write_stream(WriteDesc { region: 0, offset: 0, len: 10, tag: 1 }).unwrap();
+        ws.send(b"12345").unwrap();
+        let w = c.writer.clone();
+        let t0 = Instant::now();
+        std::thread::spawn(move || w.abort()).join().unwrap();
+        assert!(t0.elapsed() < Duration::from_millis(500));
+        assert!(ws.send(b"67890").is_err(), "the socket is shut down");
     }
 
     #[test]

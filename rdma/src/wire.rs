@@ -1,11 +1,15 @@
-//! The wire protocol, version 1: frames, and the pure functions that encode and decode them.
+//! The wire protocol, version 2: frames, and the pure functions that encode and decode them.
+//!
+//! Version 2 (cut-through forwarding) keeps version 1's frames and adds one rule on multicast data
+//! connections: every write's payload is followed by a `Control::Verdict` for its tag. A version-1
+//! peer would send writes without one, so the two refuse each other at the first frame.
 //!
 //! Every message is a frame:
 //!
 //! ```text
 //! offset  size  field
 //!      0     4  magic "FSCL"
-//!      4     2  version (1), little-endian like every integer here
+//!      4     2  version (2), little-endian like every integer here
 //!      6     1  kind (Kind)
 //!      7     1  flags, must be 0
 //!      8     8  seq: 0, 1, 2, … per connection and direction
@@ -32,7 +36,7 @@ use crate::auth::{Key, MAC_BYTES, NONCE_BYTES};
 use std::fmt;
 
 pub const MAGIC: [u8; 4] = *b"FSCL";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 pub const HEADER_BYTES: usize = 24;
 /// Largest control message body (JSON): a plan and layout for thousands of transfer blocks.
 pub const MAX_CONTROL_BYTES: usize = 16 << 20;
@@ -437,7 +441,8 @@ mod tests {
         type Case = (usize, u8, fn(&WireError) -> bool);
         let cases: Vec<Case> = vec![
             (0, b'X', |e| matches!(e, WireError::BadMagic { .. })),
-            (4, 2, |e| matches!(e, WireError::Version { found: 2, .. })),
+            (4, 1, |e| matches!(e, WireError::Version { found: 1, supported: 2 })),
+            (4, 3, |e| matches!(e, WireError::Version { found: 3, .. })),
             (6, 200, |e| matches!(e, WireError::UnknownKind(200))),
             (7, 1, |e| matches!(e, WireError::Reserved { field: "flags", .. })),
             (21, 1, |e| matches!(e, WireError::Reserved { field: "reserved", .. })),

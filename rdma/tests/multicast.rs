@@ -74,6 +74,11 @@ fn bits_flipped_in_flight_are_detected_and_fetched_again() {
     faults[0].corrupt_transfers = vec![0, 3];
     let r = run(Algo::Faascale, 5, 1, 4 << 20, 256 << 10, faults, 3000).unwrap();
     assert!(r.verified && r.dead.is_empty(), "{r:?}");
+    assert!(r.per_node_complete_s.iter().all(|t| t.is_some()), "every receiver verified every block: {r:?}");
+    // Exactly one refetch per corrupted transfer, cut-through or not: the receiver of each flipped
+    // copy fails its check and asks again (counted). If it had already forwarded part of that copy
+    // (cut-through), it declares the forward void (`Verdict { ok: false }`), and the nodes below it
+    // drop it without counting it and get a verified copy later, so no further refetch is counted.
     assert_eq!(r.refetched, 2, "{r:?}");
 }
 
