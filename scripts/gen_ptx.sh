@@ -85,10 +85,19 @@ shopt -s nullglob
 sources=("$SRC_DIR"/*.cu)
 ((${#sources[@]})) || die "no .cu files in $SRC_DIR"
 
-# compile_all OUT_DIR: one PTX per .cu, named after it
+# Candidate kernels (kernels/cuda/variants/*.cu, not loaded by faascale; timed on a GPU with
+# gpu-check's --*-variants options): compiled, checked and emulated like the built-in ones.
+VARIANT_DIR="$SRC_DIR/variants"
+VARIANT_PTX_DIR="$VARIANT_DIR/ptx"
+variant_sources=("$VARIANT_DIR"/*.cu)
+
+# compile_all OUT_DIR [SOURCES...]: one PTX per .cu, named after it (default: the built-in ones)
 compile_all() {
   local out="$1" src name arch
-  for src in "${sources[@]}"; do
+  shift
+  local list=("$@")
+  ((${#list[@]})) || list=("${sources[@]}")
+  for src in "${list[@]}"; do
     name="$(basename "$src" .cu)"
     arch="$(sed -n 's|^// fs-arch: *\(sm_[0-9a-z]*\) *$|\1|p' "$src" | head -n 1)"
     arch="${arch:-sm_90}"
@@ -111,6 +120,11 @@ if ((check == 0)); then
     [ -f "$SRC_DIR/$(basename "$ptx" .ptx).cu" ] || { echo "gen_ptx: removing stale $ptx" >&2; rm -f "$ptx"; }
   done
   echo "gen_ptx: wrote ${#sources[@]} PTX files to $PTX_DIR" >&2
+  if ((${#variant_sources[@]})); then
+    mkdir -p "$VARIANT_PTX_DIR"
+    compile_all "$VARIANT_PTX_DIR" "${variant_sources[@]}"
+    echo "gen_ptx: wrote ${#variant_sources[@]} candidate PTX files to $VARIANT_PTX_DIR" >&2
+  fi
   exit 0
 fi
 
@@ -138,3 +152,30 @@ CXX="${CXX:-c++}"
 "$CXX" -std=c++20 -O2 -ffp-contract=off -fno-strict-aliasing -DFS_EMULATE -I "$SRC_DIR/emu" -I "$SRC_DIR" \
   "$SRC_DIR/emu/emu_test.cpp" -o "$tmp/emu_test" || die "$CXX could not build $SRC_DIR/emu/emu_test.cpp"
 "$tmp/emu_test" || die "the kernels failed on the CPU emulator (see above)"
+
+# ---- the candidates: the same checks ----
+if ((${#variant_sources[@]})); then
+  mkdir "$tmp/vptx"
+  compile_all "$tmp/vptx" "${variant_sources[@]}"
+  if ! diff -r "$tmp/vptx" "$VARIANT_PTX_DIR" >"$tmp/vdiff" 2>&1; then
+    head -n 40 "$tmp/vdiff" >&2
+    die "$VARIANT_PTX_DIR differs from what $VARIANT_DIR compiles to: run 'bash scripts/gen_ptx.sh' and commit"
+  fi
+  for ptx in "$VARIANT_PTX_DIR"/*.ptx; do
+    version="$(ptx_field "$ptx" .version)"
+    target="$(ptx_field "$ptx" .target)"
+    version_le "$version" "$MAX_PTX_ISA" || die "$ptx is PTX ISA $version; the CUDA 13.0 driver loads <= $MAX_PTX_ISA"
+    "$PTXAS" -arch="$target" "$ptx" -o "$tmp/cubin/variant-$(basename "$ptx" .ptx).cubin" \
+      || die "ptxas -arch=$target rejected $ptx"
+  done
+  echo "gen_ptx: ${#variant_sources[@]} candidate PTX files up to date and assembled" >&2
+  if [ -f "$VARIANT_DIR/attention_prefill_mma.cu" ]; then
+    "$CXX" -std=c++20 -O2 -ffp-contract=off -fno-strict-aliasing -DFS_EMULATE \
+      '-DFS_ATTN_PREFILL_VARIANT="../variants/attention_prefill_mma.cu"' -I "$SRC_DIR/emu" -I "$SRC_DIR" \
+      "$SRC_DIR/emu/emu_test.cpp" -o "$tmp/emu_test_attn_mma" || die "$CXX could not build the attention candidate's test"
+    "$tmp/emu_test_attn_mma" || die "the attention candidate failed on the CPU emulator (see above)"
+  fi
+  if [ -f "$VARIANT_DIR/emu/run.sh" ]; then
+    CXX="$CXX" bash "$VARIANT_DIR/emu/run.sh" || die "a GEMM candidate failed on the CPU emulator (see above)"
+  fi
+fi

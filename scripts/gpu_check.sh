@@ -4,7 +4,7 @@
 #   bash scripts/gpu_check.sh build    # here: release build, stripped copy in target/gpu-check/faascale
 #   bash scripts/gpu_check.sh run [ARGS]  # on the lent GPU machine (no Rust there), with target/gpu-check
 #                                         # carried; ARGS go to `faascale gpu-check` (e.g. --gemv-variants)
-#   bash scripts/gpu_check.sh dryrun   # here, no GPU: the whole host path against a driver double
+#   bash scripts/gpu_check.sh dryrun [ARGS]  # here, no GPU: the whole host path against a driver double
 #
 # `run` prints the GPU name, then runs `faascale gpu-check --json` under a 240 s limit; the table goes
 # to standard error (and $OUT/gpu_check.log when $OUT is set), the JSON report to $OUT/gpu_check.json.
@@ -107,7 +107,7 @@ open(sys.argv[1], "w").write(s)
 EOF
     "${CC:-cc}" -shared -fPIC -O1 "$dir/mock.c" -o "$dir/libcuda.so.1"
     cargo build --release -p server
-    LD_LIBRARY_PATH="$dir" "$target/release/faascale" gpu-check --skip-torch --json >"$dir/report.json" 2>"$dir/log" || true
+    LD_LIBRARY_PATH="$dir" "$target/release/faascale" gpu-check --skip-torch --json "${@:2}" >"$dir/report.json" 2>"$dir/log" || true
     python3 - "$dir/report.json" <<'EOF'
 import json, sys
 r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])

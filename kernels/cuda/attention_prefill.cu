@@ -34,6 +34,7 @@
 #include "fs_attn.h"
 
 #define ATTN_PREFILL_THREADS 256
+#define ATTN_PREFILL_ROWS ATTN_MAX_PAIRS /* (query, head) pairs per block */
 
 template <int HD, typename TO>
 __device__ __forceinline__ void attn_prefill_body(const float *__restrict__ q, const FsAttnSeq *__restrict__ seqs,

@@ -59,9 +59,8 @@ __device__ __forceinline__ void fs_store(__nv_bfloat16 *p, float v) { *p = __flo
 __device__ __forceinline__ float fs_load(const float *p) { return *p; }
 __device__ __forceinline__ float fs_load(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 
-/* 8 bf16 from one 16-byte load (p must be 16-byte aligned) widened to f32, in order. */
-__device__ __forceinline__ void fs_load_bf16x8(const __nv_bfloat16 *p, float out[8]) {
-    uint4 raw = __ldg(reinterpret_cast<const uint4 *>(p));
+/* 8 bf16 packed in 16 bytes widened to f32, in order. */
+__device__ __forceinline__ void fs_bf16x8_to_f32(uint4 raw, float out[8]) {
     const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&raw);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
@@ -69,4 +68,9 @@ __device__ __forceinline__ void fs_load_bf16x8(const __nv_bfloat16 *p, float out
         out[2 * i] = f.x;
         out[2 * i + 1] = f.y;
     }
+}
+
+/* 8 bf16 from one 16-byte load (p must be 16-byte aligned) widened to f32, in order. */
+__device__ __forceinline__ void fs_load_bf16x8(const __nv_bfloat16 *p, float out[8]) {
+    fs_bf16x8_to_f32(__ldg(reinterpret_cast<const uint4 *>(p)), out);
 }

@@ -39,17 +39,6 @@
 
 enum GemvOut { GEMV_STORE_F32, GEMV_ACC_F32, GEMV_STORE_BF16 };
 
-/* Unpacks 8 bf16 (one 16-byte load) to f32. */
-__device__ __forceinline__ void gemv_unpack8(uint4 raw, float out[8]) {
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 f = __bfloat1622float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
-}
-
 template <int MODE, typename TY, int ROWS>
 __device__ __forceinline__ void gemv_rows(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w_row,
                                           TY *__restrict__ y, int i0, int j, int N, int K) {
@@ -80,11 +69,11 @@ __device__ __forceinline__ void gemv_rows(const __nv_bfloat16 *__restrict__ x, c
         for (int u = 0; u < U; u++) {
             if (p0 + u * FS_WARP >= pieces) break;
             float w[8];
-            gemv_unpack8(wr[u], w);
+            fs_bf16x8_to_f32(wr[u], w);
 #pragma unroll
             for (int r = 0; r < ROWS; r++) {
                 float xv[8];
-                gemv_unpack8(xr[u][r], xv);
+                fs_bf16x8_to_f32(xr[u][r], xv);
 #pragma unroll
                 for (int e = 0; e < 8; e++) acc[r] = __fmaf_rn(xv[e], w[e], acc[r]);
             }

@@ -19,7 +19,11 @@
 
 #include "../argmax.cu"
 #include "../attention_decode.cu"
+#ifdef FS_ATTN_PREFILL_VARIANT /* a candidate kernel (kernels/cuda/variants/), same entry points */
+#include FS_ATTN_PREFILL_VARIANT
+#else
 #include "../attention_prefill.cu"
+#endif
 #include "../embedding.cu"
 #include "../gemm_bf16.cu"
 #include "../gemv_bf16.cu"
@@ -375,20 +379,27 @@ static void run_prefill(int hd, const float *q, const Vec<FsAttnSeq> &d, TO *out
                         float scale) {
     int max_pairs = 0;
     for (auto &s : d) max_pairs = std::max(max_pairs, int(s.n_q) * (n_heads / n_kv));
-    dim3 grid{std::max(1u, cdiv(max_pairs, 32)), unsigned(d.size()), unsigned(n_kv)};
+    dim3 grid{std::max(1u, cdiv(max_pairs, ATTN_PREFILL_ROWS)), unsigned(d.size()), unsigned(n_kv)};
     if constexpr (std::is_same_v<TO, float>) {
-        run_kernel(grid, 256, hd == 64 ? fs_attn_prefill_h64_f32 : fs_attn_prefill_h128_f32, q, d.data(), out,
-                      n_heads, n_kv, scale);
+        run_kernel(grid, ATTN_PREFILL_THREADS, hd == 64 ? fs_attn_prefill_h64_f32 : fs_attn_prefill_h128_f32, q,
+                   d.data(), out, n_heads, n_kv, scale);
     } else {
-        run_kernel(grid, 256, hd == 64 ? fs_attn_prefill_h64_bf16 : fs_attn_prefill_h128_bf16, q, d.data(), out,
-                      n_heads, n_kv, scale);
+        run_kernel(grid, ATTN_PREFILL_THREADS, hd == 64 ? fs_attn_prefill_h64_bf16 : fs_attn_prefill_h128_bf16, q,
+                   d.data(), out, n_heads, n_kv, scale);
     }
 }
+
+// Prefill tolerances (normalised L2 error against the double reference): over every query of a
+// launch, and per query (a short context averages less). The measured worst is printed.
+static constexpr double ATTN_PREFILL_TOL = 5e-3, ATTN_PREFILL_TOL_ROW = 1e-2;
+static double g_attn_prefill_err = 0, g_attn_prefill_err_row = 0;
 
 static void test_attention(Rng &rng, int n_heads, int n_kv, int hd) {
     const float scale = 1.0f / std::sqrt(float(hd));
     const int kv_row = n_kv * hd, q_row = n_heads * hd;
-    Vec<SeqData> seqs = {{5, 0, {}, {}}, {37, 3, {}, {}}, {1, 70, {}, {}}, {0, 2, {}, {}}};
+    // a long one (several key tiles and blocks, the diagonal across two tiles), short ones,
+    // a late single query, an empty sequence
+    Vec<SeqData> seqs = {{5, 0, {}, {}}, {37, 3, {}, {}}, {1, 70, {}, {}}, {0, 2, {}, {}}, {150, 45, {}, {}}};
     Vec<FsAttnSeq> desc;
     int rows = 0;
     for (auto &s : seqs) {
@@ -405,14 +416,31 @@ static void test_attention(Rng &rng, int n_heads, int n_kv, int hd) {
     Vec<float> out(q.size(), -9.0f);
     run_prefill(hd, q.data(), desc, out.data(), n_heads, n_kv, scale);
     Vec<double> ref(q_row);
+    double err2_all = 0, ref2_all = 0;
     for (size_t si = 0; si < seqs.size(); si++) {
         for (int i = 0; i < seqs[si].n_q; i++) {
             const int row = int(desc[si].q_row0) + i;
             attn_ref(q.data() + size_t(row) * q_row, seqs[si], seqs[si].pos0 + i, n_heads, n_kv, hd, scale, ref.data());
-            double err = 0;
-            for (int e = 0; e < q_row; e++) err = std::max(err, std::fabs(out[size_t(row) * q_row + e] - ref[e]));
-            CHECK(err <= 2e-5, "prefill h%d heads %d/%d seq %zu query %d: max error %.3g", hd, n_heads, n_kv, si, i,
-                  err);
+#ifndef ATTN_PREFILL_ROUNDS_BF16
+            {
+                double err = 0;
+                for (int e = 0; e < q_row; e++) err = std::max(err, std::fabs(out[size_t(row) * q_row + e] - ref[e]));
+                CHECK(err <= 2e-5, "prefill h%d heads %d/%d seq %zu query %d: max error %.3g", hd, n_heads, n_kv, si,
+                      i, err);
+            }
+#endif
+            // a normalised error per query (all a kernel that rounds q and p to bf16 can promise)
+            double err2 = 0, ref2 = 0;
+            for (int e = 0; e < q_row; e++) {
+                const double d = out[size_t(row) * q_row + e] - ref[e];
+                err2 += d * d;
+                ref2 += ref[e] * ref[e];
+            }
+            err2_all += err2;
+            ref2_all += ref2;
+            g_attn_prefill_err_row = std::max(g_attn_prefill_err_row, std::sqrt(err2 / ref2));
+            CHECK(std::sqrt(err2 / ref2) <= ATTN_PREFILL_TOL_ROW, "prefill h%d heads %d/%d seq %zu query %d: error %.3g",
+                  hd, n_heads, n_kv, si, i, std::sqrt(err2 / ref2));
             // the same query alone (n_q = 1) gives the same bits (a sample of queries: the emulator is slow)
             if (!(i == 0 || i == seqs[si].n_q - 1 || i % 11 == 5)) continue;
             Vec<FsAttnSeq> one = {desc[si]};
@@ -427,6 +455,10 @@ static void test_attention(Rng &rng, int n_heads, int n_kv, int hd) {
                   si, i);
         }
     }
+    const double err_all = std::sqrt(err2_all / ref2_all);
+    g_attn_prefill_err = std::max(g_attn_prefill_err, err_all);
+    CHECK(err_all <= ATTN_PREFILL_TOL, "prefill h%d heads %d/%d: normalised error %.3g over every query", hd, n_heads,
+          n_kv, err_all);
     Vec<bf16> ob(q.size());
     run_prefill(hd, q.data(), desc, ob.data(), n_heads, n_kv, scale);
     bool ok = true;
@@ -481,6 +513,7 @@ static void test_attention(Rng &rng, int n_heads, int n_kv, int hd) {
         bool same = true;
         for (int e = 0; e < q_row; e++) same &= same_bits(o1[e], orow[e]);
         CHECK(same, "decode h%d n_keys %d: alone differs from in the batch", hd, n_keys[i]);
+#ifndef ATTN_PREFILL_ROUNDS_BF16
         // up to one chunk: the prefill kernel's bits
         if (n_keys[i] <= 512) {
             Vec<FsAttnSeq> p = {FsAttnSeq{dd[i].k, dd[i].v, 0, 1, unsigned(n_keys[i] - 1), 0}};
@@ -489,6 +522,21 @@ static void test_attention(Rng &rng, int n_heads, int n_kv, int hd) {
             same = true;
             for (int e = 0; e < q_row; e++) same &= same_bits(op[e], orow[e]);
             CHECK(same, "decode h%d n_keys %d: differs from prefill (one chunk must match)", hd, n_keys[i]);
+        }
+#endif
+        // the prefill kernel on the same query: the same result within the prefill tolerance (a
+        // kernel rounding q and p to bf16 cannot give the same bits)
+        {
+            Vec<FsAttnSeq> p = {FsAttnSeq{dd[i].k, dd[i].v, 0, 1, unsigned(n_keys[i] - 1), 0}};
+            Vec<float> op(q_row);
+            run_prefill(hd, qr, p, op.data(), n_heads, n_kv, scale);
+            double d2 = 0, r2 = 0;
+            for (int e = 0; e < q_row; e++) {
+                d2 += double(op[e] - orow[e]) * (op[e] - orow[e]);
+                r2 += double(orow[e]) * orow[e];
+            }
+            CHECK(std::sqrt(d2 / r2) <= ATTN_PREFILL_TOL_ROW, "decode h%d n_keys %d: prefill differs by %.3g", hd,
+                  n_keys[i], std::sqrt(d2 / r2));
         }
     }
 }
@@ -518,6 +566,9 @@ int main() {
     timed("attention heads 6/2 hd 128", [&] { test_attention(rng, 6, 2, 128); }); // group 3: pairs straddle blocks
     timed("attention heads 2/2 hd 64", [&] { test_attention(rng, 2, 2, 64); });  // group 1
     timed("attention heads 8/1 hd 128", [&] { test_attention(rng, 8, 1, 128); }); // group 8: two warps in decode
+    std::printf("emu_test: attention prefill normalised error: worst launch %.3g (tolerance %.3g), worst query %.3g "
+                "(tolerance %.3g)\n",
+                g_attn_prefill_err, ATTN_PREFILL_TOL, g_attn_prefill_err_row, ATTN_PREFILL_TOL_ROW);
     std::printf("emu_test: %d checks, %d failures\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
 }

@@ -5,7 +5,9 @@
  * thread, deterministic); __syncthreads and __syncwarp as barriers (a thread that returns drops
  * out of both, as on a GPU; a deadlock is reported); warp shuffles through a per-warp exchange buffer; __shared__ variables as function
  * statics (one copy, shared by the running block); bf16 with round-to-nearest-even; cp.async as
- * an immediate copy; WMMA fragments as whole 16x16 matrices that every lane holds (see mma.h).
+ * an immediate copy; WMMA fragments as whole 16x16 matrices that every lane holds (see mma.h);
+ * mma.sync m16n8k16 bf16 and ldmatrix x4 (.trans) with the PTX per-lane fragment layouts,
+ * exchanged through the warp (fs_emu_mma_m16n8k16_bf16, fs_emu_ldmatrix_x4 below).
  * What it does not model: timing, the asynchrony of cp.async, memory-model corner cases, and the
  * tensor cores' internal summation order. Passing here checks the logic, not the GPU run.
  *
@@ -50,6 +52,7 @@ inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return
 struct alignas(8) float2 {
     float x, y;
 };
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
 
 /* ---- bf16 ---- */
 struct __nv_bfloat16 {
@@ -72,6 +75,9 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     return __nv_bfloat16{static_cast<uint16_t>(u >> 16)};
 }
 inline float2 __bfloat1622float2(__nv_bfloat162 h) { return float2{__bfloat162float(h.x), __bfloat162float(h.y)}; }
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+    return __nv_bfloat162{__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
+}
 
 /* ---- arithmetic intrinsics (build with -ffp-contract=off) ---- */
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
@@ -115,6 +121,8 @@ struct FsEmuWarp {
     FsEmuBarrier bar;
     uint64_t slot[32];  /* shuffle exchange */
     float mma[16][16];  /* WMMA product exchange (mma.h) */
+    uint32_t frag[32][6];  /* mma.sync operand exchange: a0..a3, b0, b1 of each lane */
+    const void *rows[32];  /* ldmatrix row addresses */
 };
 struct FsEmuFiber {
     ucontext_t ctx;
@@ -187,6 +195,67 @@ inline void fs_emu_copy16(void *dst, const void *src, int src_bytes) {
         std::memcpy(dst, src, 16);
     else
         std::memset(dst, 0, 16);
+}
+
+/* ---- mma.sync / ldmatrix stand-ins: the PTX fragment layouts, exchanged through the warp ----
+ * A register holds two bf16, the lower index in the low 16 bits (as a 32-bit load of two
+ * consecutive bf16). Lane l, g = l / 4, t = l % 4. */
+inline float fs_emu_bf16_half(uint32_t w, int hi) {
+    return __bfloat162float(__nv_bfloat16{static_cast<uint16_t>(hi ? w >> 16 : w & 0xffffu)});
+}
+
+/* mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d, a, b, d:
+ *   a = {A[g][2t..2t+1], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]} (A 16x16, row),
+ *   b = {B[2t..2t+1][g], B[2t+8..2t+9][g]} (B 16x8, k x n),
+ *   d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}.
+ * Each lane computes its own four outputs, summing in k order with f32 fused multiply-adds from d
+ * (tensor cores use their own order: results differ by rounding only). */
+inline void fs_emu_mma_m16n8k16_bf16(float d[4], const unsigned a[4], unsigned b0, unsigned b1) {
+    FsEmuWarp &w = fs_emu_warp();
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; i++) w.frag[lane][i] = a[i];
+    w.frag[lane][4] = b0;
+    w.frag[lane][5] = b1;
+    fs_emu_wait(w.bar);
+    auto A = [&](int r, int k) { /* holder: lane (r % 8) * 4 + (k % 8) / 2, register r / 8 + 2 (k / 8) */
+        return fs_emu_bf16_half(w.frag[(r % 8) * 4 + (k % 8) / 2][r / 8 + 2 * (k / 8)], k % 2);
+    };
+    auto B = [&](int k, int n) { /* holder: lane n * 4 + (k % 8) / 2, register 4 + k / 8 */
+        return fs_emu_bf16_half(w.frag[n * 4 + (k % 8) / 2][4 + k / 8], k % 2);
+    };
+    float out[4];
+    for (int i = 0; i < 4; i++) {
+        const int r = g + 8 * (i / 2), n = 2 * t + i % 2;
+        float s = d[i];
+        for (int k = 0; k < 16; k++) s = std::fma(A(r, k), B(k, n), s);
+        out[i] = s;
+    }
+    fs_emu_wait(w.bar);
+    for (int i = 0; i < 4; i++) d[i] = out[i];
+}
+
+/* ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8 i .. 8 i + 7 give the 16-byte aligned
+ * row addresses of 8x8 matrix i; register i of lane l gets row l / 4, elements 2t, 2t + 1 of
+ * matrix i, or with .trans elements [2t][l / 4] and [2t + 1][l / 4]. */
+inline void fs_emu_ldmatrix_x4(unsigned r[4], const void *row, bool trans) {
+    FsEmuWarp &w = fs_emu_warp();
+    const int lane = threadIdx.x % 32, t = lane % 4;
+    if (reinterpret_cast<uintptr_t>(row) % 16 != 0) __trap();
+    w.rows[lane] = row;
+    fs_emu_wait(w.bar);
+    for (int i = 0; i < 4; i++) {
+        uint16_t lo, hi;
+        if (!trans) {
+            const uint16_t *p = static_cast<const uint16_t *>(w.rows[8 * i + lane / 4]);
+            lo = p[2 * t];
+            hi = p[2 * t + 1];
+        } else {
+            lo = static_cast<const uint16_t *>(w.rows[8 * i + 2 * t])[lane / 4];
+            hi = static_cast<const uint16_t *>(w.rows[8 * i + 2 * t + 1])[lane / 4];
+        }
+        r[i] = static_cast<unsigned>(lo) | static_cast<unsigned>(hi) << 16;
+    }
+    fs_emu_wait(w.bar);
 }
 
 inline void fs_emu_fiber_entry() {

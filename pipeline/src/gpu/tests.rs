@@ -20,6 +20,18 @@ fn model(dir: &std::path::Path, cfg: serde_json::Value, dtype: DType) -> crate::
     crate::Model::open(dir).unwrap()
 }
 
+/// The tiny model packed into 3 blocks under `dir`, every block present: the file and the model
+/// read from it (its tensors are views of the file's mapping).
+fn tiny_packed(dir: &std::path::Path) -> (Arc<crate::packed::PackedFile>, crate::Model) {
+    let m = model(&dir.join("hf"), tiny_config(), DType::BF16);
+    let packed = dir.join("tiny.fsp");
+    crate::packed::pack(&m, &packed, 3, None, &mut |_| {}).unwrap();
+    let pf = Arc::new(crate::packed::PackedFile::open_header(&packed).unwrap());
+    pf.mark_all_present().unwrap();
+    let pm = pf.clone().into_model().unwrap();
+    (pf, pm)
+}
+
 fn check(m: &crate::Model) -> Result<StageWeights> {
     let layout = BlockLayout::new(m.config.num_hidden_layers, 3).unwrap();
     GpuStage::check(&m.config, m.weights.as_ref(), &layout, 0..3, &GpuStageLimits::for_config(&m.config))
@@ -145,12 +157,7 @@ fn blocks_load_one_at_a_time_and_forward_waits_for_all_of_them() {
 #[ignore = "needs an NVIDIA GPU and driver (run on the lent device)"]
 fn pinned_packed_blocks_land_in_pool_slabs_with_the_same_logits() {
     let dir = tempfile::tempdir().unwrap();
-    let m = model(&dir.path().join("hf"), tiny_config(), DType::BF16);
-    let packed = dir.path().join("tiny.fsp");
-    crate::packed::pack(&m, &packed, 3, None, &mut |_| {}).unwrap();
-    let pf = Arc::new(crate::packed::PackedFile::open_header(&packed).unwrap());
-    pf.mark_all_present().unwrap();
-    let pm = pf.clone().into_model().unwrap();
+    let (pf, pm) = tiny_packed(dir.path());
     let layout = BlockLayout::new(3, 3).unwrap();
     let dev = GpuDevice::open(0).unwrap();
     let limits = GpuStageLimits::for_config(&pm.config);
@@ -198,12 +205,7 @@ fn pinned_packed_blocks_land_in_pool_slabs_with_the_same_logits() {
 #[test]
 fn packed_blocks_hold_their_matrices_aligned() {
     let dir = tempfile::tempdir().unwrap();
-    let m = model(&dir.path().join("hf"), tiny_config(), DType::BF16);
-    let packed = dir.path().join("tiny.fsp");
-    crate::packed::pack(&m, &packed, 3, None, &mut |_| {}).unwrap();
-    let pf = Arc::new(crate::packed::PackedFile::open_header(&packed).unwrap());
-    pf.mark_all_present().unwrap();
-    let pm = pf.clone().into_model().unwrap();
+    let (pf, pm) = tiny_packed(dir.path());
     let layout = BlockLayout::new(3, 3).unwrap();
     for b in 0..3 {
         let bw = StageWeights::load(&pm.config, pm.weights.as_ref(), &layout, b..b + 1).unwrap();

@@ -43,6 +43,18 @@ pub struct Args {
     /// kernel and its output compared with the built-in's, bit for bit.
     #[arg(long, value_delimiter = ',')]
     gemv_variants: Vec<PathBuf>,
+    /// Tuning: PTX files of alternative GEMM kernels, comma-separated, each `PATH[:BM:BN:SMEM]`
+    /// (tile rows and columns for the grid, dynamic shared memory bytes; default 128:128:0);
+    /// each one's `fs_gemm_bf16_bf16` is timed at the GEMM shapes (256 threads per block) and its
+    /// output compared with the built-in's.
+    #[arg(long, value_delimiter = ',')]
+    gemm_variants: Vec<String>,
+    /// Tuning: PTX files of alternative prefill attention kernels (e.g.
+    /// kernels/cuda/variants/ptx/attention_prefill_mma.ptx), comma-separated, each
+    /// `PATH[:THREADS:PAIRS]` (threads per block, (query, head) pairs per block; default 128:64);
+    /// each is checked against the reference on the check's shapes and timed next to the built-in.
+    #[arg(long, value_delimiter = ',')]
+    attention_variants: Vec<String>,
     /// Most seconds the torch ceiling script may take.
     #[arg(long, default_value_t = 180)]
     torch_timeout_s: u64,
@@ -84,6 +96,8 @@ struct Gpu {
     st: Stream,
     k: Arc<CudaKernels>,
     gemv_variants: Vec<PathBuf>,
+    gemm_variants: Vec<String>,
+    attention_variants: Vec<String>,
 }
 
 type R<T> = Result<T, String>;
@@ -184,6 +198,10 @@ fn refused(op: &str, shape: String, r: Result<(), CudaOpError>, want: &str) -> C
 const TOL_F32: f64 = 1e-5;
 const TOL_BF16: f64 = 1e-2;
 const TOL_ATTN: f64 = 1e-4;
+/// A prefill attention candidate that rounds q and p to bf16 for the tensor cores
+/// (kernels/cuda/variants/attention_prefill_mma.cu): normalised error 1.3e-3 on the emulator for
+/// these shapes and inputs.
+const TOL_ATTN_PREFILL: f64 = 5e-3;
 const TOL_SILU: f64 = 1e-6;
 /// Logits of the 30-layer synthetic model: every GEMM input is rounded to bf16 on the GPU (the
 /// CPU engine keeps f32 activations), so errors compound over the layers.
@@ -404,6 +422,27 @@ fn attention_checks(g: &Gpu, rng: &mut Rng, out: &mut Vec<Check>) -> R<()> {
         .map_err(e2s("attention_prefill"))?;
         let shape = format!("heads={nh}/{nkv} hd={hd} (n_q,pos0)={specs:?}");
         out.push(check("attention_prefill f32", shape.clone(), rel_err(&g.down(&o, rows * qrow)?, &want), TOL_ATTN));
+        let max_pairs = specs.iter().map(|s| s.0).max().unwrap_or(1) * (nh / nkv);
+        for spec in &g.attention_variants {
+            let vo = g.poisoned::<f32>(rows * qrow)?;
+            let a = AttnArgs { q: &dq, descs: &descs, max_pairs, n_seqs: specs.len(), nh, nkv, hd, scale };
+            match attention_variant(g, spec, &a, &vo, 0, 1) {
+                Ok((name, _)) => out.push(check(
+                    &format!("attention_prefill variant {name} f32"),
+                    shape.clone(),
+                    rel_err(&g.down(&vo, rows * qrow)?, &want),
+                    TOL_ATTN_PREFILL,
+                )),
+                Err(e) => out.push(Check {
+                    op: format!("attention_prefill variant {spec}"),
+                    shape: shape.clone(),
+                    err: f64::INFINITY,
+                    tol: TOL_ATTN_PREFILL,
+                    pass: false,
+                    note: e,
+                }),
+            }
+        }
         let mut ob = g.poisoned::<bf16>(rows * qrow)?;
         g.k.attention_prefill(
             &g.st,
@@ -833,9 +872,74 @@ fn gemm_timing(g: &Gpu, rng: &mut Rng, out: &mut Vec<Timing>) -> R<()> {
                 ceiling_name: "cuBLAS (torch.matmul)".into(),
                 goal: 0.6,
             });
+            if !g.gemm_variants.is_empty() {
+                let want = g.down_f32(&c, m * n)?;
+                for spec in &g.gemm_variants {
+                    match gemm_variant(g, spec, &a, &w, m, n, k, &want) {
+                        Ok((name, vus, err)) => out.push(Timing {
+                            op: format!("gemm variant {name}{}", if err <= 5e-3 { "" } else { " (OUTPUT DIFFERS)" }),
+                            shape: format!("{label} m={m} n={n} k={k}"),
+                            us: vus,
+                            achieved: 2.0 * (m * n * k) as f64 / vus / 1e6,
+                            unit: "TFLOP/s",
+                            ceiling: None,
+                            ceiling_name: "cuBLAS (torch.matmul)".into(),
+                            goal: 0.6,
+                        }),
+                        Err(e) => eprintln!("gpu-check: gemm variant {spec}: {e}"),
+                    }
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Times one `--gemm-variants` entry on (a[..m], w) and compares its output with `want` (the
+/// built-in's): (file name, µs per call, normalised difference).
+#[allow(clippy::too_many_arguments)]
+fn gemm_variant(
+    g: &Gpu,
+    spec: &str,
+    a: &DeviceBuffer<bf16>,
+    w: &DeviceBuffer<bf16>,
+    m: usize,
+    n: usize,
+    k: usize,
+    want: &[f32],
+) -> R<(String, f64, f64)> {
+    let mut parts = spec.split(':');
+    let path = PathBuf::from(parts.next().unwrap_or(""));
+    let num = |x: Option<&str>, d: u32| -> R<u32> {
+        x.map_or(Ok(d), |v| v.parse().map_err(|e| format!("{spec}: {v:?}: {e}")))
+    };
+    let (bm, bn, smem) = (num(parts.next(), 128)?, num(parts.next(), 128)?, num(parts.next(), 0)?);
+    if bm == 0 || bn == 0 {
+        return Err(format!("{spec}: tile sizes must be positive"));
+    }
+    let name = path.file_name().map_or("?".into(), |f| f.to_string_lossy().into_owned());
+    let ptx = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let module = gpu::Module::from_ptx(&g.ctx, &ptx).map_err(e2s("variant PTX"))?;
+    let mut f = module.function("fs_gemm_bf16_bf16").map_err(e2s("variant entry point"))?;
+    if smem > 48 << 10 {
+        f.set_max_dynamic_shared_bytes(smem).map_err(e2s("variant shared memory"))?;
+    }
+    let cfg = gpu::LaunchConfig {
+        grid: [n.div_ceil(bn as usize) as u32, m.div_ceil(bm as usize) as u32, 1],
+        block: [256, 1, 1],
+        shared_bytes: smem,
+    };
+    let c = g.poisoned::<bf16>(m * n)?;
+    let us = time_us(g, 3, 10, || {
+        let mut args = gpu::KernelArgs::new();
+        args.push(a.device_ptr()).push(w.device_ptr()).push(c.device_ptr());
+        args.push(m as i32).push(n as i32).push(k as i32);
+        // SAFETY: the variant has the built-in kernel's contract (A [m, k], W [n, k] bf16, C [m, n] bf16,
+        // k % 8 == 0, 16-byte aligned buffers at least that long), which these buffers meet.
+        unsafe { gpu::launch(&f, cfg, &g.st, &mut args) }.map_err(e2s("variant launch"))
+    })?;
+    let got = g.down_f32(&c, m * n)?;
+    Ok((name, us, rel_err(&got, want)))
 }
 
 fn attention_timing(g: &Gpu, rng: &mut Rng, out: &mut Vec<Timing>) -> R<()> {
@@ -874,8 +978,82 @@ fn attention_timing(g: &Gpu, rng: &mut Rng, out: &mut Vec<Timing>) -> R<()> {
             ceiling_name: "torch SDPA (causal)".into(),
             goal: 0.5,
         });
+        for spec in &g.attention_variants {
+            let a = AttnArgs { q: &q, descs: &descs, max_pairs: s * (nh / nkv), n_seqs: 1, nh, nkv, hd, scale };
+            match attention_variant(g, spec, &a, &o, 2, 5) {
+                Ok((name, vus)) => out.push(Timing {
+                    op: format!("attention variant {name}"),
+                    shape: format!("{label} seq={s} heads={nh}/{nkv} hd={hd}"),
+                    us: vus,
+                    achieved: 2.0 * (nh * hd) as f64 * (s * s) as f64 / vus / 1e6,
+                    unit: "TFLOP/s",
+                    ceiling: None,
+                    ceiling_name: "torch SDPA (causal)".into(),
+                    goal: 0.5,
+                }),
+                Err(e) => eprintln!("gpu-check: attention variant {spec}: {e}"),
+            }
+        }
     }
     Ok(())
+}
+
+/// What an attention variant launch needs: q, the descriptors the built-in launcher uploaded.
+struct AttnArgs<'a> {
+    q: &'a DeviceBuffer<f32>,
+    descs: &'a DeviceBuffer<kernels::cuda::FsAttnSeq>,
+    max_pairs: usize,
+    n_seqs: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    scale: f32,
+}
+
+/// Runs one `--attention-variants` entry (`warm` + `iters` launches, the last one's output left in
+/// `out`): (file name, µs per launch; 0 when `iters` is 1, a correctness run).
+fn attention_variant<O: OutElem>(
+    g: &Gpu,
+    spec: &str,
+    a: &AttnArgs,
+    out: &DeviceBuffer<O>,
+    warm: usize,
+    iters: usize,
+) -> R<(String, f64)> {
+    let mut parts = spec.split(':');
+    let path = PathBuf::from(parts.next().unwrap_or(""));
+    let num = |x: Option<&str>, d: u32| -> R<u32> {
+        x.map_or(Ok(d), |v| v.parse().map_err(|e| format!("{spec}: {v:?}: {e}")))
+    };
+    let (threads, pairs) = (num(parts.next(), 128)?, num(parts.next(), 64)?);
+    if threads == 0 || threads > 1024 || pairs == 0 {
+        return Err(format!("{spec}: threads must be 1..=1024 and pairs positive"));
+    }
+    let name = path.file_name().map_or("?".into(), |f| f.to_string_lossy().into_owned());
+    let ptx = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let module = gpu::Module::from_ptx(&g.ctx, &ptx).map_err(e2s("variant PTX"))?;
+    let entry = format!("fs_attn_prefill_h{}_{}", a.hd, O::SUFFIX);
+    let f = module.function(&entry).map_err(e2s("variant entry point"))?;
+    let cfg = gpu::LaunchConfig {
+        grid: [a.max_pairs.div_ceil(pairs as usize) as u32, a.n_seqs as u32, a.nkv as u32],
+        block: [threads, 1, 1],
+        shared_bytes: 0,
+    };
+    let launch = || -> R<()> {
+        let mut args = gpu::KernelArgs::new();
+        args.push(a.q.device_ptr()).push(a.descs.device_ptr()).push(out.device_ptr());
+        args.push(a.nh as i32).push(a.nkv as i32).push(a.scale);
+        // SAFETY: the variant has the built-in kernel's contract (q f32 [rows, nh, hd], the
+        // descriptors the built-in launcher validated and uploaded, out [rows, nh, hd] of O).
+        unsafe { gpu::launch(&f, cfg, &g.st, &mut args) }.map_err(e2s("variant launch"))
+    };
+    if iters <= 1 {
+        launch()?;
+        g.st.synchronize().map_err(e2s("variant run"))?;
+        return Ok((name, 0.0));
+    }
+    let us = time_us(g, warm, iters, launch)?;
+    Ok((name, us))
 }
 
 /// The torch ceiling script: cuBLAS GEMM via torch.matmul and causal SDPA, µs per call.
@@ -902,6 +1080,16 @@ for s, nh, nkv, hd in spec["sdpa"]:
     out["sdpa"].append(t(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), 2, 10))
 print(json.dumps(out))
 "#;
+
+/// Gives each timing whose op starts with `variant` the ceiling of the built-in timing (op starting
+/// with `builtin`) of the same shape: a candidate is measured against the same cuBLAS/SDPA call.
+fn share_ceilings(timings: &mut [Timing], builtin: &str, variant: &str) {
+    let by_shape: std::collections::HashMap<String, Option<f64>> =
+        timings.iter().filter(|t| t.op.starts_with(builtin)).map(|t| (t.shape.clone(), t.ceiling)).collect();
+    for t in timings.iter_mut().filter(|t| t.op.starts_with(variant)) {
+        t.ceiling = by_shape.get(&t.shape).copied().flatten();
+    }
+}
 
 /// Runs the torch script with a time limit; `Err` says why there is no ceiling.
 fn torch_ceilings(timeout: Duration) -> R<Value> {
@@ -966,7 +1154,14 @@ pub fn run(a: Args) -> Result<(), String> {
     );
     let dev = pipeline::gpu::GpuDevice::open(a.device).map_err(|e| e.to_string())?;
     let st = Stream::new(&dev.ctx).map_err(e2s("stream"))?;
-    let g = Gpu { ctx: dev.ctx.clone(), st, k: dev.kernels.clone(), gemv_variants: a.gemv_variants.clone() };
+    let g = Gpu {
+        ctx: dev.ctx.clone(),
+        st,
+        k: dev.kernels.clone(),
+        gemv_variants: a.gemv_variants.clone(),
+        gemm_variants: a.gemm_variants.clone(),
+        attention_variants: a.attention_variants.clone(),
+    };
     let mut rng = Rng(a.seed);
 
     // ---- 1. kernels vs the CPU reference ----
@@ -1044,6 +1239,8 @@ pub fn run(a: Args) -> Result<(), String> {
                     si += 1;
                 }
             }
+            share_ceilings(&mut timings, "gemm_bf16", "gemm variant");
+            share_ceilings(&mut timings, "attention_prefill", "attention variant");
             v["torch"].as_str().unwrap_or("?").to_string()
         }
         Err(e) => {
