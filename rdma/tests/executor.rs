@@ -83,14 +83,15 @@ fn a_chain_from_a_mapped_file_reaches_every_subscriber_once() {
     std::fs::remove_file(&path).unwrap();
 }
 
-#[test]
-fn a_write_the_plan_does_not_allow_is_refused_and_lands_nowhere() {
-    let secret = Secret::new(vec![9; 32]).unwrap();
+/// Node 1 of a two-node plan, running alone (node 0's address is a closed port): the test plays
+/// node 0 against it. Returns the layout, the plan, node 1's region, its executor and address.
+fn lone_receiver(
+    secret: &Secret,
+) -> (Arc<planner::ModelLayout>, planner::MulticastPlan, OwnedRegion, Executor, std::net::SocketAddr) {
     let (layout, plan) = setup(2);
-    let end = layout.end_offset() as usize;
     let l = Listener::bind("127.0.0.1:0".parse().unwrap(), secret.clone(), 2000).unwrap();
     let addr = l.local_addr().unwrap();
-    let region = OwnedRegion::zeroed(end).unwrap();
+    let region = OwnedRegion::zeroed(layout.end_offset() as usize).unwrap();
     let exec = Executor::start(
         ExecConfig {
             node: 1,
@@ -106,6 +107,14 @@ fn a_write_the_plan_does_not_allow_is_refused_and_lands_nowhere() {
     )
     .unwrap();
     exec.go();
+    (layout, plan, region, exec, addr)
+}
+
+#[test]
+fn a_write_the_plan_does_not_allow_is_refused_and_lands_nowhere() {
+    let secret = Secret::new(vec![9; 32]).unwrap();
+    let (layout, _plan, region, exec, addr) = lone_receiver(&secret);
+    let end = layout.end_offset() as usize;
     let tb = layout.transfer_blocks[0];
     // (offset, len) that differ from transfer 0's block: more than announced, elsewhere, past the end
     for (i, (offset, len)) in
@@ -332,26 +341,7 @@ fn a_corrupt_copy_stops_at_the_first_check_and_counts_once() {
 #[test]
 fn a_write_without_its_verdict_is_refused() {
     let secret = Secret::new(vec![9; 32]).unwrap();
-    let (layout, plan) = setup(2);
-    let end = layout.end_offset() as usize;
-    let l = Listener::bind("127.0.0.1:0".parse().unwrap(), secret.clone(), 2000).unwrap();
-    let addr = l.local_addr().unwrap();
-    let region = OwnedRegion::zeroed(end).unwrap();
-    let exec = Executor::start(
-        ExecConfig {
-            node: 1,
-            layout: layout.clone(),
-            plan: plan.clone(),
-            peers: vec!["127.0.0.1:9".parse().unwrap(), addr],
-            region: region.region().clone(),
-            secret: secret.clone(),
-            timeout_ms: 2000,
-            corrupt_transfers: vec![],
-        },
-        l,
-    )
-    .unwrap();
-    exec.go();
+    let (layout, plan, _region, exec, addr) = lone_receiver(&secret);
     let tb = layout.transfer_blocks[0];
     let tag = transfer(&plan, 0, 0, 1);
     let mut good = vec![0u8; tb.len as usize];
