@@ -408,14 +408,16 @@ fn bad_ranges_and_states_are_refused_before_the_library() {
     let posts = counter("mock_rejected_posts");
     let writes = counter("mock_writes_delivered");
     let r = remote(&p.b);
-    // SAFETY (all three): refused before anything is posted.
+    // SAFETY: refused before anything is posted (the remote range passes the landing region's end).
     let e = unsafe { p.a.qp.post_write_with_imm(1, &p.source.mr, 0, 64, r, LANDING_BYTES as u64 - 63, 0) };
     assert!(
         matches!(e, Err(VerbsError::InvalidArgument { call: "ibv_post_send", ref what }) if what.contains("remote range")),
         "{e:?}"
     );
+    // SAFETY: refused before anything is posted (the local range passes the source region's end).
     let e = unsafe { p.a.qp.post_write_with_imm(1, &p.source.mr, SOURCE_BYTES - 1, 2, r, 0, 0) };
     assert!(matches!(e, Err(VerbsError::InvalidArgument { ref what, .. }) if what.contains("local range")), "{e:?}");
+    // SAFETY: refused before anything is posted (the remote range overflows).
     let e = unsafe { p.a.qp.post_write_with_imm(1, &p.source.mr, 0, 1, RemoteRegion { addr: u64::MAX, ..r }, 1, 0) };
     assert!(matches!(e, Err(VerbsError::InvalidArgument { ref what, .. }) if what.contains("overflows")), "{e:?}");
 
