@@ -130,21 +130,29 @@ fi
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-mkdir "$tmp/ptx" "$tmp/cubin"
-compile_all "$tmp/ptx"
-if ! diff -r "$tmp/ptx" "$PTX_DIR" >"$tmp/diff" 2>&1; then
-  head -n 40 "$tmp/diff" >&2
-  die "$PTX_DIR differs from what $SRC_DIR compiles to: run 'bash scripts/gen_ptx.sh' and commit"
-fi
-for ptx in "$PTX_DIR"/*.ptx; do
-  version="$(ptx_field "$ptx" .version)"
-  target="$(ptx_field "$ptx" .target)"
-  [ -n "$version" ] || die "$ptx has no .version line"
-  [ -n "$target" ] || die "$ptx has no .target line"
-  version_le "$version" "$MAX_PTX_ISA" || die "$ptx is PTX ISA $version; the CUDA 13.0 driver loads <= $MAX_PTX_ISA"
-  "$PTXAS" -arch="$target" "$ptx" -o "$tmp/cubin/$(basename "$ptx" .ptx).cubin" \
-    || die "ptxas -arch=$target rejected $ptx"
-done
+
+# check_ptx SRC_DIR PTX_DIR SOURCES...: the checked-in PTX equals what the sources compile to,
+# declares an ISA the driver loads, and ptxas assembles it for its .target
+check_ptx() {
+  local src_dir="$1" ptx_dir="$2" out ptx version target
+  shift 2
+  out="$tmp/$(echo "$ptx_dir" | tr / _)"
+  mkdir "$out"
+  compile_all "$out" "$@"
+  if ! diff -r "$out" "$ptx_dir" >"$out.diff" 2>&1; then
+    head -n 40 "$out.diff" >&2
+    die "$ptx_dir differs from what $src_dir compiles to: run 'bash scripts/gen_ptx.sh' and commit"
+  fi
+  for ptx in "$ptx_dir"/*.ptx; do
+    version="$(ptx_field "$ptx" .version)"
+    target="$(ptx_field "$ptx" .target)"
+    [ -n "$version" ] || die "$ptx has no .version line"
+    [ -n "$target" ] || die "$ptx has no .target line"
+    version_le "$version" "$MAX_PTX_ISA" || die "$ptx is PTX ISA $version; the CUDA 13.0 driver loads <= $MAX_PTX_ISA"
+    "$PTXAS" -arch="$target" "$ptx" -o "$out.$(basename "$ptx" .ptx).cubin" || die "ptxas -arch=$target rejected $ptx"
+  done
+}
+check_ptx "$SRC_DIR" "$PTX_DIR" "${sources[@]}"
 echo "gen_ptx: ${#sources[@]} PTX files up to date, ISA <= $MAX_PTX_ISA, all assembled by ptxas" >&2
 
 # ---- the same sources on the CPU emulator (no GPU here): logic, masking, invariance ----
@@ -155,19 +163,7 @@ CXX="${CXX:-c++}"
 
 # ---- the candidates: the same checks ----
 if ((${#variant_sources[@]})); then
-  mkdir "$tmp/vptx"
-  compile_all "$tmp/vptx" "${variant_sources[@]}"
-  if ! diff -r "$tmp/vptx" "$VARIANT_PTX_DIR" >"$tmp/vdiff" 2>&1; then
-    head -n 40 "$tmp/vdiff" >&2
-    die "$VARIANT_PTX_DIR differs from what $VARIANT_DIR compiles to: run 'bash scripts/gen_ptx.sh' and commit"
-  fi
-  for ptx in "$VARIANT_PTX_DIR"/*.ptx; do
-    version="$(ptx_field "$ptx" .version)"
-    target="$(ptx_field "$ptx" .target)"
-    version_le "$version" "$MAX_PTX_ISA" || die "$ptx is PTX ISA $version; the CUDA 13.0 driver loads <= $MAX_PTX_ISA"
-    "$PTXAS" -arch="$target" "$ptx" -o "$tmp/cubin/variant-$(basename "$ptx" .ptx).cubin" \
-      || die "ptxas -arch=$target rejected $ptx"
-  done
+  check_ptx "$VARIANT_DIR" "$VARIANT_PTX_DIR" "${variant_sources[@]}"
   echo "gen_ptx: ${#variant_sources[@]} candidate PTX files up to date and assembled" >&2
   if [ -f "$VARIANT_DIR/attention_prefill_mma.cu" ]; then
     "$CXX" -std=c++20 -O2 -ffp-contract=off -fno-strict-aliasing -DFS_EMULATE \

@@ -68,32 +68,7 @@ template <typename... P, typename... A> static void run_kernel(dim3 grid, void (
 static const char *g_where = "the GPU";
 #endif
 
-static int g_failures = 0, g_checks = 0;
-#define CHECK(cond, ...)                                                                                             \
-    do {                                                                                                             \
-        g_checks++;                                                                                                  \
-        if (!(cond)) {                                                                                               \
-            if (++g_failures <= 40) {                                                                                \
-                std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                            \
-                std::fprintf(stderr, __VA_ARGS__);                                                                   \
-                std::fprintf(stderr, "\n");                                                                          \
-            }                                                                                                        \
-        }                                                                                                            \
-    } while (0)
-
-using bf16 = __nv_bfloat16;
-
-struct Rng {
-    uint64_t s;
-    uint64_t next() {
-        s += 0x9e3779b97f4a7c15ull;
-        uint64_t z = s;
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-    }
-    float uniform(float lo, float hi) { return lo + (hi - lo) * static_cast<float>((next() >> 40) * 0x1p-24); }
-};
+#include "emu/emu_check.h"
 static Vec<bf16> rand_bf16(Rng &r, size_t n) {
     Vec<bf16> v(n);
     for (auto &x : v) x = __float2bfloat16_rn(r.uniform(-1.0f, 1.0f));
