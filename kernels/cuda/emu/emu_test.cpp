@@ -36,43 +36,19 @@
 #include <string>
 #include <vector>
 
+#include "emu_check.h"
+
 #ifdef FS_EMULATE
-template <typename T> using Vec = std::vector<T>;
 template <typename... P, typename... A> static void run_kernel(dim3 grid, unsigned threads, void (*kernel)(P...), A... args) {
     fs_emu_launch(grid, threads, kernel, args...);
 }
-static const char *g_where = "the CPU emulator";
 #else
-static void cuda_check(cudaError_t e, const char *what) {
-    if (e != cudaSuccess) {
-        std::fprintf(stderr, "CUDA error in %s: %s\n", what, cudaGetErrorString(e));
-        std::exit(2);
-    }
-}
-/* managed memory: the host fills and reads the same pointers the kernels use */
-template <typename T> struct ManagedAlloc {
-    using value_type = T;
-    ManagedAlloc() = default;
-    template <typename U> ManagedAlloc(const ManagedAlloc<U> &) {}
-    T *allocate(size_t n) {
-        void *p = nullptr;
-        cuda_check(cudaMallocManaged(&p, std::max<size_t>(n, 1) * sizeof(T)), "cudaMallocManaged");
-        return static_cast<T *>(p);
-    }
-    void deallocate(T *p, size_t) { cudaFree(p); }
-    template <typename U> bool operator==(const ManagedAlloc<U> &) const { return true; }
-    template <typename U> bool operator!=(const ManagedAlloc<U> &) const { return false; }
-};
-template <typename T> using Vec = std::vector<T, ManagedAlloc<T>>;
 template <typename... P, typename... A> static void run_kernel(dim3 grid, unsigned threads, void (*kernel)(P...), A... args) {
     kernel<<<grid, threads>>>(static_cast<P>(args)...);
     cuda_check(cudaGetLastError(), "launch");
     cuda_check(cudaDeviceSynchronize(), "kernel run");
 }
-static const char *g_where = "the GPU";
 #endif
-
-#include "emu_check.h"
 
 static Vec<bf16> rand_bf16(Rng &r, size_t n, float amp = 1.0f) {
     Vec<bf16> v(n);
