@@ -33,6 +33,7 @@ mod watchdog;
 
 use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
@@ -244,11 +245,14 @@ impl Testbed {
         let mut errors = Vec::new();
         if !self.created.is_empty() {
             let _guard = SETUP_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut ids = Vec::new();
             while let Some(ns) = self.created.pop() {
-                if let Err(e) = remove_namespace(&ns) {
-                    errors.push(e);
+                match remove_namespace(&ns) {
+                    Ok(id) => ids.extend(id),
+                    Err(e) => errors.push(e),
                 }
             }
+            kill_stragglers(&ids);
         }
         if let Some(watchdog) = self.watchdog.take() {
             if let Err(e) = watchdog.finish() {
@@ -266,18 +270,26 @@ impl Testbed {
         let listed = names::parse_netns_list(&run("ip", &["netns", "list"])?);
         let mut removed = Vec::new();
         let _guard = SETUP_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut ids = Vec::new();
         for ns in listed {
             let Some((pid, _prefix)) = names::stale_owner(&ns) else { continue };
             if names::pid_alive(pid) {
                 continue;
             }
             match remove_namespace(&ns) {
-                Ok(()) => removed.push(ns),
+                Ok(id) => {
+                    ids.extend(id);
+                    removed.push(ns);
+                }
                 // Another process (or the dead owner's watchdog) removed it meanwhile.
                 Err(_) if !Path::new("/run/netns").join(&ns).exists() => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    kill_stragglers(&ids);
+                    return Err(e);
+                }
             }
         }
+        kill_stragglers(&ids);
         Ok(removed)
     }
 }
@@ -291,8 +303,15 @@ impl Drop for Testbed {
     }
 }
 
-/// Kills the processes inside namespace `ns`, then deletes it.
-fn remove_namespace(ns: &str) -> Result<(), TestbedError> {
+/// Rounds of [`kill_stragglers`] after namespaces are deleted, and the pause between them.
+const STRAGGLER_ROUNDS: usize = 10;
+const STRAGGLER_PAUSE_MS: u64 = 20;
+
+/// Kills the processes inside namespace `ns`, then deletes it. Returns the namespace's identity
+/// (device, inode) for [`kill_stragglers`]: a process started by `ip netns exec` just before can
+/// enter the namespace after `ip netns pids` looked (it opened the namespace file first).
+fn remove_namespace(ns: &str) -> Result<Option<(u64, u64)>, TestbedError> {
+    let id = std::fs::metadata(Path::new("/run/netns").join(ns)).ok().map(|m| (m.dev(), m.ino()));
     let pids = run("ip", &["netns", "pids", ns])?;
     let pids: Vec<&str> = pids.split_whitespace().collect();
     if !pids.is_empty() {
@@ -301,7 +320,28 @@ fn remove_namespace(ns: &str) -> Result<(), TestbedError> {
         run("sh", &args)?;
     }
     run("ip", &["netns", "del", ns])?;
-    Ok(())
+    Ok(id)
+}
+
+/// For a short while after namespaces were deleted, sends SIGKILL to every process found in one of
+/// them (by its `/proc/<pid>/ns/net` identity): stragglers that entered after they were emptied.
+fn kill_stragglers(ids: &[(u64, u64)]) {
+    if ids.is_empty() {
+        return;
+    }
+    for _ in 0..STRAGGLER_ROUNDS {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<libc::pid_t>().ok()) else { continue };
+            let Ok(m) = std::fs::metadata(entry.path().join("ns/net")) else { continue };
+            if ids.contains(&(m.dev(), m.ino())) {
+                // SAFETY: kill(2) with a pid read from /proc and a valid signal number touches no
+                // memory; a pid that has exited since gives ESRCH, which is ignored.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(STRAGGLER_PAUSE_MS));
+    }
 }
 
 #[cfg(test)]
