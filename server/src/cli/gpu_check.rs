@@ -404,22 +404,28 @@ fn attention_checks(g: &Gpu, rng: &mut Rng, out: &mut Vec<Check>) -> R<()> {
         }
         let (dq, dk, dv) = (g.up(&q)?, g.up(&kc)?, g.up(&vc)?);
         let mut descs = DeviceBuffer::alloc(&g.ctx, 8).map_err(e2s("alloc"))?;
+        // The built-in prefill kernel into `$out`, a poisoned buffer of either output type.
+        macro_rules! prefill_into {
+            ($out:expr) => {
+                g.k.attention_prefill(
+                    &g.st,
+                    View::whole(&dq),
+                    View::whole(&dk),
+                    View::whole(&dv),
+                    ViewMut::whole($out),
+                    &mut descs,
+                    rows,
+                    &seqs,
+                    nh,
+                    nkv,
+                    hd,
+                    scale,
+                )
+                .map_err(e2s("attention_prefill"))
+            };
+        }
         let mut o = g.poisoned::<f32>(rows * qrow)?;
-        g.k.attention_prefill(
-            &g.st,
-            View::whole(&dq),
-            View::whole(&dk),
-            View::whole(&dv),
-            ViewMut::whole(&mut o),
-            &mut descs,
-            rows,
-            &seqs,
-            nh,
-            nkv,
-            hd,
-            scale,
-        )
-        .map_err(e2s("attention_prefill"))?;
+        prefill_into!(&mut o)?;
         let shape = format!("heads={nh}/{nkv} hd={hd} (n_q,pos0)={specs:?}");
         out.push(check("attention_prefill f32", shape.clone(), rel_err(&g.down(&o, rows * qrow)?, &want), TOL_ATTN));
         let max_pairs = specs.iter().map(|s| s.0).max().unwrap_or(1) * (nh / nkv);
@@ -444,21 +450,7 @@ fn attention_checks(g: &Gpu, rng: &mut Rng, out: &mut Vec<Check>) -> R<()> {
             }
         }
         let mut ob = g.poisoned::<bf16>(rows * qrow)?;
-        g.k.attention_prefill(
-            &g.st,
-            View::whole(&dq),
-            View::whole(&dk),
-            View::whole(&dv),
-            ViewMut::whole(&mut ob),
-            &mut descs,
-            rows,
-            &seqs,
-            nh,
-            nkv,
-            hd,
-            scale,
-        )
-        .map_err(e2s("attention_prefill"))?;
+        prefill_into!(&mut ob)?;
         out.push(check("attention_prefill bf16", shape, rel_err(&g.down_f32(&ob, rows * qrow)?, &want), TOL_BF16));
 
         // decode: one query per sequence over n_keys keys of its region
@@ -495,22 +487,27 @@ fn attention_checks(g: &Gpu, rng: &mut Rng, out: &mut Vec<Check>) -> R<()> {
         }
         let dqd = g.up(&qd)?;
         let mut ws = DecodeWorkspace::new(&g.ctx, 8, nh, hd, 4096).map_err(e2s("decode workspace"))?;
+        macro_rules! decode_into {
+            ($out:expr) => {
+                g.k.attention_decode(
+                    &g.st,
+                    View::whole(&dqd),
+                    View::whole(&dk),
+                    View::whole(&dv),
+                    ViewMut::whole($out),
+                    &mut ws,
+                    keys.len(),
+                    &dseqs,
+                    nh,
+                    nkv,
+                    hd,
+                    scale,
+                )
+                .map_err(e2s("attention_decode"))
+            };
+        }
         let mut o = g.poisoned::<f32>(keys.len() * qrow)?;
-        g.k.attention_decode(
-            &g.st,
-            View::whole(&dqd),
-            View::whole(&dk),
-            View::whole(&dv),
-            ViewMut::whole(&mut o),
-            &mut ws,
-            keys.len(),
-            &dseqs,
-            nh,
-            nkv,
-            hd,
-            scale,
-        )
-        .map_err(e2s("attention_decode"))?;
+        decode_into!(&mut o)?;
         let n_keys: Vec<usize> = dseqs.iter().map(|s| s.n_keys).collect();
         let shape = format!("heads={nh}/{nkv} hd={hd} keys={n_keys:?}");
         out.push(check(
@@ -520,21 +517,7 @@ fn attention_checks(g: &Gpu, rng: &mut Rng, out: &mut Vec<Check>) -> R<()> {
             TOL_ATTN,
         ));
         let mut ob = g.poisoned::<bf16>(keys.len() * qrow)?;
-        g.k.attention_decode(
-            &g.st,
-            View::whole(&dqd),
-            View::whole(&dk),
-            View::whole(&dv),
-            ViewMut::whole(&mut ob),
-            &mut ws,
-            keys.len(),
-            &dseqs,
-            nh,
-            nkv,
-            hd,
-            scale,
-        )
-        .map_err(e2s("attention_decode"))?;
+        decode_into!(&mut ob)?;
         out.push(check("attention_decode bf16", shape, rel_err(&g.down_f32(&ob, keys.len() * qrow)?, &want), TOL_BF16));
         if hd == 64 {
             let r = g.k.attention_prefill(
