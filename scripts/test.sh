@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/fetch_smollm2.sh   # the real model the GGUF tests check against transformers
 export CARGO_TERM_COLOR=never
+# A one-shot build gains nothing from incremental state, which doubled the target directory.
+export CARGO_INCREMENTAL=0
 # The CUDA kernels' PTX: regenerated with the pinned nvcc 13.0 from pip and compared with the
 # checked-in files, ISA ≤ 9.0, assembled by ptxas, and run on the CPU emulator (docs/gpu.md).
 bash scripts/gen_ptx.sh --check
