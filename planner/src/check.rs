@@ -153,7 +153,8 @@ pub fn check(plan: &MulticastPlan, cluster: &Cluster, ev: &Evaluation, latency_s
 /// the deaths the bytes name and checks that too. `Err` names the first violation.
 pub fn check_bytes(data: &[u8]) -> Result<(), String> {
     use crate::cluster::{Cluster, Holdings, ModelPlacement, Tier};
-    use crate::multicast::{plan, Algo, MulticastRequest, PlanError};
+    use crate::multicast::{plan_with, Algo, Forwarding, MulticastRequest, PlanError, PlanOptions};
+    const EPS: f64 = 1e-9;
     let byte = |i: usize| data.get(i).copied().unwrap_or(0) as usize;
     let n = 1 + byte(0) % 48;
     let k = 1 + byte(1) % n;
@@ -181,14 +182,34 @@ pub fn check_bytes(data: &[u8]) -> Result<(), String> {
     let sources: Vec<u32> = (0..k as u32).collect();
     let receivers: Vec<u32> = (k as u32..n as u32).collect();
     let req = MulticastRequest { cluster: &cluster, layout: &layout, sources: &sources, receivers: &receivers };
-    let p = plan(algo, &req).map_err(|e| format!("plan: {e}"))?;
+    let piece_bytes = 512 * (1 + byte(64) as u64 % 16);
+    let forwarding =
+        if byte(63) % 2 == 1 { Forwarding::CutThrough { piece_bytes } } else { Forwarding::StoreAndForward };
+    let opts = PlanOptions { forwarding, latency_s };
+    let p = plan_with(algo, &req, &opts).map_err(|e| format!("plan: {e}"))?;
     let ev = crate::eval::evaluate(&p, &cluster, latency_s)?;
     let bad = check(&p, &cluster, &ev, latency_s);
     if let Some(b) = bad.first() {
-        return Err(format!("{algo:?} n={n} k={k}: {b}"));
+        return Err(format!("{algo:?} n={n} k={k} {forwarding:?}: {b}"));
     }
-    if plan(algo, &req).map_err(|e| e.to_string())? != p {
+    if plan_with(algo, &req, &opts).map_err(|e| e.to_string())? != p {
         return Err("same inputs gave another plan".into());
+    }
+    // Cut-through never makes a plan slower, and with pieces of a whole block it is
+    // store-and-forward exactly.
+    let cut = crate::eval::evaluate_with(&p, &cluster, latency_s, Forwarding::CutThrough { piece_bytes })?;
+    if cut.complete_s > ev.complete_s + EPS * (1.0 + ev.complete_s)
+        || cut.first_copy_s > ev.first_copy_s + EPS * (1.0 + ev.first_copy_s)
+    {
+        return Err(format!(
+            "cut-through ({piece_bytes} B pieces) is slower: complete {} > {} or first copy {} > {}",
+            cut.complete_s, ev.complete_s, cut.first_copy_s, ev.first_copy_s
+        ));
+    }
+    let whole = p.block_bytes.iter().copied().max().unwrap_or(1).max(1);
+    let same = crate::eval::evaluate_with(&p, &cluster, latency_s, Forwarding::CutThrough { piece_bytes: whole })?;
+    if same.transfer_times != ev.transfer_times {
+        return Err("cut-through with whole-block pieces differs from store-and-forward".into());
     }
     // Deaths at some moment, then replan from what survivors hold.
     let frac = byte(56) as f64 / 200.0;

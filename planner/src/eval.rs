@@ -7,10 +7,11 @@
 //! path, one at a time, at PCIe (or min(SSD, PCIe)) bytes/s; remote-store loads take the
 //! store (one at a time at its full rate, so readers share it in turn) and the receiver's NIC.
 //! Because the plan's transfer order is topological and agrees with every node's order, one
-//! pass in that order computes exactly the times of this event-driven schedule.
+//! pass in that order computes exactly the times of this event-driven schedule. Forwarding is
+//! store-and-forward (`evaluate`) or cut-through in pieces (`evaluate_with`).
 
 use crate::cluster::Cluster;
-use crate::multicast::{Endpoint, MulticastPlan};
+use crate::multicast::{Endpoint, Forwarding, MulticastPlan};
 use serde::{Deserialize, Serialize};
 
 /// Default per-transfer latency (seconds).
@@ -54,8 +55,23 @@ impl Evaluation {
     }
 }
 
-/// Evaluates `plan` on `cluster` with `latency_s` per transfer.
+/// Evaluates `plan` on `cluster` with `latency_s` per transfer, store-and-forward: a node sends
+/// a block on once it holds all of it.
 pub fn evaluate(plan: &MulticastPlan, cluster: &Cluster, latency_s: f64) -> Result<Evaluation, String> {
+    evaluate_with(plan, cluster, latency_s, Forwarding::StoreAndForward)
+}
+
+/// Evaluates `plan` with the given forwarding. Cut-through (pieces of p bytes): a node may
+/// start sending a block on once the first piece of it has landed (the incoming transfer's
+/// start + latency + p / its rate), and that send ends no sooner than the whole block is held
+/// plus one piece at the outgoing rate; a block still counts as held only when all of it has
+/// landed. With p at least a block this is store-and-forward exactly.
+pub fn evaluate_with(
+    plan: &MulticastPlan,
+    cluster: &Cluster,
+    latency_s: f64,
+    forwarding: Forwarding,
+) -> Result<Evaluation, String> {
     let n = plan.num_nodes;
     let nb = plan.num_blocks();
     if cluster.nodes.len() != n {
@@ -67,7 +83,14 @@ pub fn evaluate(plan: &MulticastPlan, cluster: &Cluster, latency_s: f64) -> Resu
     if plan.initial.num_nodes != n || plan.initial.num_blocks != nb {
         return Err("the plan's initial holdings do not match its size".into());
     }
+    let piece = match forwarding {
+        Forwarding::StoreAndForward => None,
+        Forwarding::CutThrough { piece_bytes: 0 } => return Err("cut-through pieces of 0 bytes".into()),
+        Forwarding::CutThrough { piece_bytes } => Some(piece_bytes as f64),
+    };
     let mut arrival: Vec<Option<f64>> = (0..n * nb).map(|i| plan.initial.since[i].map(|_| 0.0)).collect();
+    // When the first piece of the copy that `arrival` counts was there to forward.
+    let mut first_piece: Vec<f64> = vec![0.0; n * nb];
     let mut send_free = vec![0.0f64; n];
     let mut recv_free = vec![0.0f64; n];
     let mut local_free = vec![0.0f64; n];
@@ -81,6 +104,7 @@ pub fn evaluate(plan: &MulticastPlan, cluster: &Cluster, latency_s: f64) -> Resu
         }
         let bytes = plan.block_bytes[blk] as f64;
         let rx = &cluster.nodes[to];
+        let mut landed_first = None;
         let (start, end) = match t.from {
             Endpoint::Node(s) => {
                 let s = s as usize;
@@ -89,8 +113,19 @@ pub fn evaluate(plan: &MulticastPlan, cluster: &Cluster, latency_s: f64) -> Resu
                 }
                 let held = arrival[s * nb + blk]
                     .ok_or_else(|| format!("transfer {}: node {s} sends block {blk} it never holds before", t.id))?;
-                let start = held.max(send_free[s]).max(recv_free[to]);
-                let end = start + latency_s + bytes / cluster.nodes[s].nic_bps.min(rx.nic_bps);
+                let rate = cluster.nodes[s].nic_bps.min(rx.nic_bps);
+                let (start, end) = match piece {
+                    None => {
+                        let start = held.max(send_free[s]).max(recv_free[to]);
+                        (start, start + latency_s + bytes / rate)
+                    }
+                    Some(p) => {
+                        let start = first_piece[s * nb + blk].min(held).max(send_free[s]).max(recv_free[to]);
+                        let end = (start + latency_s + bytes / rate).max(held + p.min(bytes) / rate);
+                        landed_first = Some(start + latency_s + p.min(bytes) / rate);
+                        (start, end)
+                    }
+                };
                 send_free[s] = end;
                 recv_free[to] = end;
                 (start, end)
@@ -119,7 +154,10 @@ pub fn evaluate(plan: &MulticastPlan, cluster: &Cluster, latency_s: f64) -> Resu
             }
         };
         let a = &mut arrival[to * nb + blk];
-        *a = Some(a.map_or(end, |old: f64| old.min(end)));
+        if a.map_or(true, |old| end < old) {
+            *a = Some(end);
+            first_piece[to * nb + blk] = landed_first.unwrap_or(end);
+        }
         times.push((start, end));
     }
     let per_node: Vec<Option<f64>> =

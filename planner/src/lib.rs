@@ -23,14 +23,17 @@ pub mod sim;
 pub mod startup;
 
 pub use cluster::{Cluster, Holdings, ModelPlacement, Node, Tier, PLAN_TYPES_VERSION};
-pub use eval::{evaluate, Evaluation, DEFAULT_LATENCY_S};
+pub use eval::{evaluate, evaluate_with, Evaluation, DEFAULT_LATENCY_S};
 pub use exec::{
     exec_plan, exec_plan_from_arrivals, form_pipelines, ExecPlan, Handoff, Pipeline, Stage, EXEC_PLAN_VERSION,
 };
 pub use layout::{
     default_chunk_bytes, ExecBlock, LayoutError, ModelLayout, TransferBlock, BLOCK_ALIGN_BYTES, MODEL_LAYOUT_VERSION,
 };
-pub use multicast::{plan, Algo, Endpoint, MulticastPlan, MulticastRequest, NodeSchedule, PlanError, Transfer};
+pub use multicast::{
+    faascale_shapes, group_times, plan, plan_with, Algo, Endpoint, Forwarding, GroupShape, GroupTimes, MulticastPlan,
+    MulticastRequest, NodeSchedule, PlanError, PlanOptions, Transfer,
+};
 
 /// A model of `model_bytes` in `exec_blocks` equal execution blocks (one layer each), cut
 /// into transfer blocks of `chunk_bytes` (default: `default_chunk_bytes`).

@@ -139,12 +139,128 @@ pub struct MulticastRequest<'a> {
     pub receivers: &'a [u32],
 }
 
-/// Builds a plan with algorithm `algo`.
+/// How the transport moves a block that a node is still receiving. The faascale planner shapes
+/// each group for it (`group_times`); the other algorithms ignore it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forwarding {
+    /// A node sends a block on only once it holds all of it (one RDMA WRITE with immediate per
+    /// transfer block: the receiver learns of the block when the whole write has landed).
+    StoreAndForward,
+    /// A node forwards a block while it arrives, in pieces of `piece_bytes` (the TCP executor).
+    CutThrough { piece_bytes: u64 },
+}
+
+/// What the planner assumes of the transport.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PlanOptions {
+    pub forwarding: Forwarding,
+    /// Fixed cost of each transfer (and of each hop of a forwarded piece), seconds.
+    pub latency_s: f64,
+}
+
+impl Default for PlanOptions {
+    fn default() -> PlanOptions {
+        PlanOptions { forwarding: Forwarding::StoreAndForward, latency_s: crate::eval::DEFAULT_LATENCY_S }
+    }
+}
+
+/// The two shapes the faascale planner chooses between for a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupShape {
+    Binomial,
+    Chain,
+}
+
+/// Predicted completion of one group under the evaluator's link model (`eval`), seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupTimes {
+    pub binomial_s: f64,
+    pub chain_s: f64,
+}
+
+impl GroupTimes {
+    /// The faster shape; a tie goes to the binomial pipeline (it spreads blocks over more nodes
+    /// sooner, and its depth grows with log n, not n).
+    pub fn shape(&self) -> GroupShape {
+        if self.chain_s < self.binomial_s {
+            GroupShape::Chain
+        } else {
+            GroupShape::Binomial
+        }
+    }
+}
+
+/// When a group of `members` nodes (its source included) finishes receiving blocks of
+/// `block_bytes` over links of `rate_bps`, as a binomial pipeline and as a pipelined chain.
+///
+/// Both move every block over every receiver's link once: sum(bytes)/rate + b · latency. On top
+/// of that the binomial pipeline needs ⌈log2 n⌉ − 1 more ticks (its measured bound,
+/// `Binomial`), whatever the forwarding; the chain needs n − 2 more hops, each a whole block
+/// when stored and forwarded, a piece when cut through. So the chain wins only by cut-through
+/// and while n − 2 pieces cost less than ⌈log2 n⌉ − 1 blocks (blocks of 2 MiB, pieces of
+/// 64 KiB: groups of up to about 200 nodes).
+pub fn group_times(members: usize, block_bytes: &[u64], rate_bps: f64, opts: &PlanOptions) -> GroupTimes {
+    if members < 2 || block_bytes.is_empty() || !(rate_bps > 0.0) {
+        return GroupTimes { binomial_s: 0.0, chain_s: 0.0 };
+    }
+    let lat = opts.latency_s.max(0.0);
+    let sum: u64 = block_bytes.iter().sum();
+    let max = block_bytes.iter().copied().max().unwrap_or(0);
+    let all = sum as f64 / rate_bps + block_bytes.len() as f64 * lat;
+    let tick = max as f64 / rate_bps + lat;
+    let log2 = usize::BITS - (members - 1).leading_zeros(); // ⌈log2 n⌉ for n ≥ 2
+    let hop = match opts.forwarding {
+        Forwarding::StoreAndForward => tick,
+        Forwarding::CutThrough { piece_bytes } => piece_bytes.clamp(1, max.max(1)) as f64 / rate_bps + lat,
+    };
+    GroupTimes { binomial_s: all + (log2 as f64 - 1.0) * tick, chain_s: all + (members - 2) as f64 * hop }
+}
+
+/// Builds a plan with algorithm `algo` for a store-and-forward transport
+/// (`plan_with(algo, req, &PlanOptions::default())`).
+pub fn plan(algo: Algo, req: &MulticastRequest) -> Result<MulticastPlan, PlanError> {
+    plan_with(algo, req, &PlanOptions::default())
+}
+
+/// The shape faascale gives each group of `plan_with(Algo::Faascale, req, opts)`, in group
+/// order (groups without receivers left out), with the predicted times it chose by.
+pub fn faascale_shapes(req: &MulticastRequest, opts: &PlanOptions) -> Vec<(GroupShape, GroupTimes)> {
+    let bytes: Vec<u64> = req.layout.transfer_blocks.iter().map(|t| t.len).collect();
+    split_groups(req.receivers, req.sources.len())
+        .into_iter()
+        .enumerate()
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(g, m)| {
+            let rate = std::iter::once(req.sources[g])
+                .chain(m.iter().copied())
+                .filter_map(|x| req.cluster.nodes.get(x as usize))
+                .map(|n| n.nic_bps)
+                .fold(f64::INFINITY, f64::min);
+            let times = group_times(m.len() + 1, &bytes, rate, opts);
+            (times.shape(), times)
+        })
+        .collect()
+}
+
+/// Builds a plan with algorithm `algo` for a transport that forwards as `opts` says.
 ///
 /// The plan's order is the order in which transfers are made: groups run in lock step, tick
 /// by tick, and at each tick group 0's transfers come first, then group 1's, and so on (each
 /// group's in its own order). Transfers are numbered, linked and scheduled as they are made.
-pub fn plan(algo: Algo, req: &MulticastRequest) -> Result<MulticastPlan, PlanError> {
+///
+/// faascale makes each group (one source, its receivers, blocks in the group's rotated order) a
+/// binomial pipeline, or a pipelined chain where `group_times` predicts the chain faster: only
+/// with cut-through forwarding (`Forwarding::CutThrough`); a store-and-forward plan is always
+/// binomial pipelines.
+pub fn plan_with(algo: Algo, req: &MulticastRequest, opts: &PlanOptions) -> Result<MulticastPlan, PlanError> {
+    if !(opts.latency_s.is_finite() && opts.latency_s >= 0.0) {
+        return invalid(format!("latency {} s must be finite and not negative", opts.latency_s));
+    }
+    if opts.forwarding == (Forwarding::CutThrough { piece_bytes: 0 }) {
+        return invalid("cut-through forwarding with pieces of 0 bytes".into());
+    }
     req.cluster.validate().map_err(PlanError::Invalid)?;
     req.layout.validate().map_err(|e| PlanError::Invalid(e.to_string()))?;
     let n = req.cluster.nodes.len();
@@ -182,6 +298,7 @@ pub fn plan(algo: Algo, req: &MulticastRequest) -> Result<MulticastPlan, PlanErr
             let k = if algo == Algo::Binomial { 1 } else { req.sources.len() };
             let ids: Vec<u32> = (0..nb as u32).collect();
             let exec_keys: Vec<u32> = req.layout.transfer_blocks.iter().map(|t| t.exec_block).collect();
+            let shapes = if algo == Algo::Faascale { faascale_shapes(req, opts) } else { Vec::new() };
             let mut runs = Vec::with_capacity(k);
             for (g, members) in split_groups(req.receivers, k).into_iter().enumerate() {
                 if members.is_empty() {
@@ -191,7 +308,13 @@ pub fn plan(algo: Algo, req: &MulticastRequest) -> Result<MulticastPlan, PlanErr
                 group.push(req.sources[g]);
                 group.extend_from_slice(members);
                 runs.push(match algo {
-                    Algo::Faascale => Run::Binomial(Box::new(Binomial::new(group, rotated_order_by(&exec_keys, k, g)))),
+                    Algo::Faascale => {
+                        let order = rotated_order_by(&exec_keys, k, g);
+                        match shapes.get(runs.len()).map(|s| s.0) {
+                            Some(GroupShape::Chain) => Run::Chain(Chain { group, order }),
+                            _ => Run::Binomial(Box::new(Binomial::new(group, order))),
+                        }
+                    }
                     Algo::Binomial => Run::Binomial(Box::new(Binomial::new(group, ids.clone()))),
                     Algo::Nccl => Run::Chain(Chain { group, order: ids.clone() }),
                     _ => Run::Tree(Tree::new(group, ids.clone())),
