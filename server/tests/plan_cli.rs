@@ -50,6 +50,25 @@ fn faascale_first_copy_comes_early() {
     assert!(first < 0.75 * complete, "{v}");
 }
 
+/// With cut-through pieces faascale plans each small group (here 2 sources, groups of 5 and 4
+/// nodes) as a chain, which beats its store-and-forward binomial pipelines; the JSON says which
+/// shapes and forwarding.
+#[test]
+fn cut_through_turns_a_small_group_into_a_chain() {
+    let args = ["--algo", "faascale", "--json", "--chunk-bytes", "1048576"];
+    let saf = last_json(&plan(&args));
+    let mut with_pieces = args.to_vec();
+    with_pieces.extend(["--piece-bytes", "65536"]);
+    let ct = last_json(&plan(&with_pieces));
+    assert_eq!(saf["group_shapes"], serde_json::json!(["binomial", "binomial"]), "{saf}");
+    assert_eq!(saf["forwarding"], "store_and_forward", "{saf}");
+    assert_eq!(ct["group_shapes"], serde_json::json!(["chain", "chain"]), "{ct}");
+    assert_eq!(ct["forwarding"]["cut_through"]["piece_bytes"], 65536, "{ct}");
+    let (a, b) = (saf["complete_s"].as_f64().unwrap(), ct["complete_s"].as_f64().unwrap());
+    let lower = ct["lower_bound_s"].as_f64().unwrap();
+    assert!(b < a && b >= lower, "store-and-forward {a}, cut-through {b}, bound {lower}");
+}
+
 #[test]
 fn svg_has_a_row_per_node_and_a_bar_per_transfer() {
     let dir = tempfile::tempdir().unwrap();
@@ -92,6 +111,7 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         (plan(&["--algo", "carrier-pigeon", "--json"]), "--algo"),
         (plan(&["--chunk-bytes", "1000", "--json"]), "chunk"),
         (plan(&["--chunk-bytes", "0", "--json"]), "chunk"),
+        (plan(&["--piece-bytes", "0", "--json"]), "--piece-bytes"),
         (faascale(&["plan", "--nodes", "-2", "--model-bytes", "1", "--blocks", "1", "--link-gbps", "1", "--json"]), ""),
     ] {
         assert!(!out.status.success(), "{want}");

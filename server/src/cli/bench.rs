@@ -7,7 +7,7 @@
 //! crc32c checked. Nodes 0 .. K are sources (they fill their memory with a seeded pattern whose
 //! checksums the coordinator computes); the others receive. Prints one line of JSON last.
 
-use planner::{Algo, Cluster, MulticastRequest};
+use planner::{Algo, Cluster, Forwarding, GroupShape, MulticastRequest, PlanOptions};
 use rdma::control::{pattern, Faults, Fill};
 use rdma::coordinator::CoordinatorConfig;
 use std::path::PathBuf;
@@ -57,6 +57,11 @@ struct MulticastArgs {
     /// faascale, binomial, nccl or faasnet.
     #[arg(long, default_value = "faascale")]
     algo: String,
+    /// What the faascale planner assumes of the transport: cut-through (what the executor does:
+    /// a relay forwards a block while it arrives, in pieces of at least 64 KiB) or
+    /// store-and-forward (as over RDMA WRITE per block; faascale then plans binomial pipelines).
+    #[arg(long, default_value = "cut-through")]
+    plan_forwarding: String,
     /// Transfer block size in bytes, a multiple of 4096 (default: planner::default_chunk_bytes).
     #[arg(long)]
     chunk_bytes: Option<u64>,
@@ -145,6 +150,11 @@ fn multicast(a: MulticastArgs) -> Result<(), String> {
     if a.blocks == 0 {
         return Err("--blocks 0: need at least one execution block".into());
     }
+    let forwarding = match a.plan_forwarding.as_str() {
+        "cut-through" => Forwarding::CutThrough { piece_bytes: rdma::executor::FORWARD_MIN_BYTES as u64 },
+        "store-and-forward" => Forwarding::StoreAndForward,
+        x => return Err(format!("--plan-forwarding {x}: unknown; known: cut-through, store-and-forward")),
+    };
     if a.bytes == 0 || a.bytes > MAX_TOTAL_BYTES {
         return Err(format!("--bytes {}: need 1 ..= {MAX_TOTAL_BYTES}", a.bytes));
     }
@@ -192,11 +202,15 @@ fn multicast(a: MulticastArgs) -> Result<(), String> {
     let cluster = Cluster::uniform(a.nodes, nic_bps, nic_bps);
     let sources: Vec<u32> = (0..a.sources as u32).collect();
     let receivers: Vec<u32> = (a.sources as u32..a.nodes as u32).collect();
-    let plan = planner::plan(
-        algo,
-        &MulticastRequest { cluster: &cluster, layout: &layout, sources: &sources, receivers: &receivers },
-    )
-    .map_err(|e| e.to_string())?;
+    let opts = PlanOptions { forwarding, latency_s: planner::DEFAULT_LATENCY_S };
+    let req = MulticastRequest { cluster: &cluster, layout: &layout, sources: &sources, receivers: &receivers };
+    let plan = planner::plan_with(algo, &req, &opts).map_err(|e| e.to_string())?;
+    let group_shapes: Vec<GroupShape> = match algo {
+        Algo::Faascale => planner::faascale_shapes(&req, &opts).into_iter().map(|s| s.0).collect(),
+        Algo::Nccl => vec![GroupShape::Chain; sources.len().min(receivers.len())],
+        _ => Vec::new(),
+    };
+    log::info!("group shapes: {group_shapes:?} (planned for {forwarding:?})");
     log::info!(
         "{}: {} nodes ({} sources), {} transfer blocks of {} bytes, {} transfers",
         algo.name(),
@@ -249,7 +263,7 @@ fn multicast(a: MulticastArgs) -> Result<(), String> {
                 "verified": r.verified, "complete_s": r.complete_s, "first_copy_s": r.first_copy_s,
                 "lower_bound_s": lower_bound_s, "per_node_complete_s": r.per_node_complete_s,
                 "aggregate_recv_gbps": aggregate_gbps, "dead": r.dead, "epochs": r.epochs,
-                "refetched": r.refetched,
+                "refetched": r.refetched, "plan_forwarding": a.plan_forwarding, "group_shapes": group_shapes,
             })
         );
     } else {

@@ -4,7 +4,7 @@
 //! cluster of identical nodes, evaluates it (event-driven link model, per-transfer latency) and
 //! prints the times; `--svg` draws one row per node, each received transfer a bar.
 
-use planner::{Algo, Cluster, Endpoint, ModelPlacement, MulticastRequest, Tier};
+use planner::{Algo, Cluster, Endpoint, Forwarding, GroupShape, ModelPlacement, MulticastRequest, PlanOptions, Tier};
 use std::path::PathBuf;
 
 /// Bound on nodes × transfer blocks, so a typo cannot exhaust memory.
@@ -36,6 +36,11 @@ pub struct Args {
     /// Fixed cost of each transfer, microseconds.
     #[arg(long, default_value_t = 10.0, allow_hyphen_values = true)]
     latency_us: f64,
+    /// Plan and evaluate for a transport that forwards a block while it arrives, in pieces of
+    /// this many bytes (cut-through); without it, store-and-forward (a block moves on only once
+    /// it has all landed, as one RDMA WRITE per block does). faascale may then plan chains.
+    #[arg(long)]
+    piece_bytes: Option<u64>,
     /// serverlessllm: remote store rate, Gbit/s, shared by all loading nodes (default: --link-gbps).
     #[arg(long, allow_hyphen_values = true)]
     remote_gbps: Option<f64>,
@@ -84,6 +89,12 @@ pub fn run(a: Args) -> Result<(), String> {
         return Err(format!("--latency-us {}: must be a number ≥ 0", a.latency_us));
     }
     let latency_s = a.latency_us * 1e-6;
+    let forwarding = match a.piece_bytes {
+        None => Forwarding::StoreAndForward,
+        Some(0) => return Err("--piece-bytes 0: a piece needs at least one byte".into()),
+        Some(p) => Forwarding::CutThrough { piece_bytes: p },
+    };
+    let opts = PlanOptions { forwarding, latency_s };
     let layout = planner::uniform_layout("model", a.model_bytes, a.blocks, a.chunk_bytes)
         .map_err(|e| format!("--model-bytes/--blocks/--chunk-bytes: {e}"))?;
     let n_tb = layout.transfer_blocks.len() as u64;
@@ -104,13 +115,14 @@ pub fn run(a: Args) -> Result<(), String> {
     let sources: Vec<u32> = (0..a.sources as u32).collect();
     let receivers: Vec<u32> = (a.sources as u32..a.nodes as u32).collect();
     let t0 = std::time::Instant::now();
-    let plan = planner::plan(
-        algo,
-        &MulticastRequest { cluster: &cluster, layout: &layout, sources: &sources, receivers: &receivers },
-    )
-    .map_err(|e| e.to_string())?;
+    let req = MulticastRequest { cluster: &cluster, layout: &layout, sources: &sources, receivers: &receivers };
+    let plan = planner::plan_with(algo, &req, &opts).map_err(|e| e.to_string())?;
     let plan_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let ev = planner::evaluate(&plan, &cluster, latency_s)?;
+    let ev = planner::evaluate_with(&plan, &cluster, latency_s, forwarding)?;
+    let group_shapes: Vec<GroupShape> = match algo {
+        Algo::Faascale => planner::faascale_shapes(&req, &opts).into_iter().map(|s| s.0).collect(),
+        _ => Vec::new(),
+    };
     log::info!(
         "{}: {} nodes ({} sources), {} execution blocks, {n_tb} transfer blocks of {} bytes, {} transfers, planned in {plan_ms:.1} ms",
         algo.name(),
@@ -134,7 +146,7 @@ pub fn run(a: Args) -> Result<(), String> {
                 "chunk_bytes": layout.transfer_blocks[0].len, "link_gbps": a.link_gbps, "latency_s": latency_s,
                 "transfers": plan.transfers.len(), "plan_ms": plan_ms,
                 "complete_s": ev.complete_s, "first_copy_s": ev.first_copy_s, "lower_bound_s": ev.lower_bound_s,
-                "per_node_complete_s": per_node,
+                "per_node_complete_s": per_node, "forwarding": forwarding, "group_shapes": group_shapes,
             })
         );
     } else {
