@@ -1,12 +1,13 @@
 //! Which backend moves the bytes: verbs when an RDMA port is active and the verbs data path is
 //! wired, else TCP, said in one log line.
 //!
-//! The executor's data path is TCP today: the verbs layer (`verbs`) can open devices, register
-//! memory, connect a `verbs::VerbsLink` over the authenticated bootstrap and post RDMA WRITE
-//! with immediate, but the executor does not drive it yet, and none of it has run on RDMA
-//! hardware (only against a test double of libibverbs, `tests/verbs_mock.rs`). So on a machine
-//! with an active port the line says verbs was found and TCP is used anyway; without libibverbs
-//! or a device it says why TCP is used.
+//! Worker processes use the transport the coordinator's setup names (`control::Transport`), TCP
+//! unless asked for verbs (`faascale bench multicast --transport verbs`). The executor's verbs path
+//! (`ExecConfig::verbs`: one RDMA WRITE with immediate per transfer block over a
+//! `verbs::VerbsLink` per data connection) has run only against a test double of libibverbs
+//! (`tests/executor_verbs.rs`, `tests/verbs_mock.rs`), never on RDMA hardware, so it is not chosen
+//! on its own: on a machine with an active port this line says verbs was found and TCP is the
+//! default; without libibverbs or a device it says why TCP is used.
 
 use crate::verbs::{self, Probe};
 
@@ -23,7 +24,7 @@ pub fn select() -> Backend {
         Probe::Available { .. } => {
             let port = probe.first_active().map(|p| format!("{} port {}", p.device, p.info.port));
             log::info!(
-                "transport: TCP (verbs port {} is active, but the executor's verbs data path is not wired yet)",
+                "transport: TCP by default (verbs port {} is active; the verbs path, chosen with --transport verbs, has run only against a test double)",
                 port.unwrap_or_else(|| "?".into())
             );
         }

@@ -52,6 +52,37 @@ pub struct Setup {
     pub timeout_ms: u64,
     #[serde(default)]
     pub faults: Faults,
+    /// How the workers move the bytes (every one the same).
+    #[serde(default)]
+    pub transport: Transport,
+}
+
+/// The data path every worker of a multicast uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Transport {
+    #[default]
+    Tcp,
+    /// RDMA WRITE with immediate per transfer block (`executor::VerbsConfig`); store-and-forward.
+    Verbs {
+        /// RDMA device name (`None`: the first one listed).
+        device: Option<String>,
+        /// Port number, 1-based.
+        port: u8,
+    },
+}
+
+impl Transport {
+    /// The executor's verbs configuration, `None` for TCP.
+    pub fn verbs_config(&self) -> Option<crate::executor::VerbsConfig> {
+        match self {
+            Transport::Tcp => None,
+            Transport::Verbs { device, port } => Some(crate::executor::VerbsConfig {
+                device: device.clone(),
+                link: crate::verbs::LinkConfig { port: *port, ..crate::verbs::LinkConfig::default() },
+            }),
+        }
+    }
 }
 
 /// One control message.
@@ -154,6 +185,14 @@ pub fn validate_setup(s: &Setup) -> std::result::Result<(), String> {
     validate_plan(p, &s.layout)?;
     if !(1..=3_600_000).contains(&s.timeout_ms) {
         return Err(format!("timeout {} ms; need 1 ..= 3600000", s.timeout_ms));
+    }
+    if let Transport::Verbs { device, port } = &s.transport {
+        if *port == 0 {
+            return Err("verbs port 0; ports are numbered from 1".into());
+        }
+        if device.as_ref().is_some_and(|d| d.is_empty() || d.len() > 64) {
+            return Err("verbs device name must be 1 ..= 64 bytes".into());
+        }
     }
     Ok(())
 }

@@ -31,6 +31,8 @@ pub struct CoordinatorConfig {
     pub join_timeout: Duration,
     /// The whole multicast must end within this.
     pub deadline: Duration,
+    /// How the workers move the bytes.
+    pub transport: crate::control::Transport,
 }
 
 /// What happened.
@@ -120,6 +122,7 @@ pub fn run(listener: &Listener, cfg: CoordinatorConfig) -> Result<Report> {
             fill: cfg.fill.clone(),
             timeout_ms: cfg.timeout_ms,
             faults: cfg.faults.get(node).cloned().unwrap_or_default(),
+            transport: cfg.transport.clone(),
         };
         conn.writer.control(&Control::Setup(Box::new(setup)))?;
         workers.push(Worker { writer: conn.writer, alive: true, done: None });

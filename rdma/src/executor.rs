@@ -23,6 +23,10 @@
 //! bytes are rewritten only after the last lease is gone, and each reset starts a new `attempt`, so
 //! a forwarder notices its copy changed under it.
 //!
+//! Over verbs (`ExecConfig::verbs`, `verbs_path`) each write is one RDMA WRITE WITH IMM of a held
+//! block into a block the receiver claimed when it granted the write; the control messages stay
+//! on the TCP connection, and nothing is forwarded before it is held.
+//!
 //! Faults. A write that fails its checksum is refused with a `Nack` and sent again (at most
 //! `MAX_REFETCHES` times, then the sender is reported dead). A peer that closes, breaks the
 //! protocol or says nothing for `timeout_ms` is reported dead (`Event::PeerDead`); the
@@ -45,6 +49,9 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+mod verbs_path;
+pub use verbs_path::VerbsConfig;
 
 /// Times one transfer may fail its checksum before its sender is reported dead.
 pub const MAX_REFETCHES: u32 = 3;
@@ -133,6 +140,9 @@ pub struct ExecConfig {
     pub timeout_ms: u64,
     /// Test hook: epoch-0 transfers this node sends once with a bit flipped.
     pub corrupt_transfers: Vec<u32>,
+    /// Move the bytes over RDMA (one WRITE WITH IMM per transfer block, store-and-forward) instead
+    /// of TCP; every node of the multicast must say the same. `None`: TCP.
+    pub verbs: Option<VerbsConfig>,
 }
 
 struct State {
@@ -164,6 +174,10 @@ struct State {
     /// Receiver side: each sender's incoming connection (where grants go), and grants waiting for one.
     incoming_by_node: HashMap<u32, ConnWriter>,
     pending_grants: HashMap<u32, Vec<Control>>,
+    /// Receiver side over verbs: blocks claimed for a peer's write, (peer, transfer id) → (tag, block).
+    claims: HashMap<(u32, u32), (u64, u32)>,
+    /// Receiver side over verbs: peers whose link is up (their poller releases their claims).
+    verbs_links: HashSet<u32>,
 }
 
 struct Shared {
@@ -186,6 +200,8 @@ struct Shared {
     stop: AtomicBool,
     running: AtomicBool,
     listen_addr: SocketAddr,
+    /// The verbs data path (`ExecConfig::verbs`); dropped last, after every link.
+    verbs: Option<verbs_path::VerbsData>,
 }
 
 /// A running executor. Dropping it stops it.
@@ -229,7 +245,12 @@ impl Shared {
 
     /// Whether a send of `b` may start: held, or arriving (forwarded as it lands).
     fn forwardable(&self, b: u32) -> bool {
-        matches!(self.slots[b as usize].state.load(Ordering::Acquire), HELD | LANDING)
+        match self.slots[b as usize].state.load(Ordering::Acquire) {
+            HELD => true,
+            // over verbs a block moves on only once all of it is here and verified
+            LANDING => self.verbs.is_none(),
+            _ => false,
+        }
     }
 
     /// Wakes forwarders waiting for landing progress or a block's verdict.
@@ -311,6 +332,10 @@ impl Shared {
             }
             d
         };
+        if let Some(v) = &self.verbs {
+            v.drop_sender_link(node);
+            verbs_path::peer_dead(self, node);
+        }
         self.cv.notify_all();
         self.advance_grants(None);
         if first {
@@ -368,14 +393,28 @@ impl Shared {
                     j += 1;
                 }
             }
-            if j < recvs.len() {
+            // Over verbs nothing says "almost there" (a write arrives whole), so two transfers are
+            // granted at a time: the next sender's write is posted while the current one lands.
+            let window = if self.verbs.is_some() { 2 } else { 1 };
+            let mut granted_now = 0;
+            while j < recvs.len() && granted_now < window {
+                if granted_now > 0 && skip(&mut st, j, &mut msgs) {
+                    j += 1;
+                    continue;
+                }
                 let t = plan.transfers[recvs[j] as usize];
                 let tag = tag_of(epoch, t.id);
-                if let Endpoint::Node(from) = t.from {
-                    if st.granted.insert(tag) {
-                        msgs.push((from, Control::Go { tag }));
+                let Endpoint::Node(from) = t.from else { break };
+                if !st.granted.contains(&tag) {
+                    // over verbs the block is claimed for this write before the grant lets it land
+                    if self.verbs.is_some() && !verbs_path::claim(self, &mut st.claims, from, &t, tag) {
+                        break;
                     }
+                    st.granted.insert(tag);
+                    msgs.push((from, Control::Go { tag }));
                 }
+                granted_now += 1;
+                j += 1;
             }
             let mut out = Vec::new();
             for (from, m) in msgs.drain(..) {
@@ -468,6 +507,15 @@ impl Executor {
             }
         }
         let receiver = plan.receivers.contains(&cfg.node);
+        let verbs = match cfg.verbs {
+            Some(v) => {
+                // the corruption hook sends a flipped copy from a registered scratch block
+                let scratch = (!cfg.corrupt_transfers.is_empty())
+                    .then(|| cfg.layout.transfer_blocks.iter().map(|t| t.len as usize).max().unwrap_or(0));
+                Some(verbs_path::VerbsData::open(v, &cfg.region, scratch)?)
+            }
+            None => None,
+        };
         let (tx, rx) = bounded(2 * nb + 1024);
         let listen_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -500,6 +548,8 @@ impl Executor {
                 granted: HashSet::new(),
                 incoming_by_node: HashMap::new(),
                 pending_grants: HashMap::new(),
+                claims: HashMap::new(),
+                verbs_links: HashSet::new(),
             }),
             cv: Condvar::new(),
             events: tx,
@@ -509,6 +559,7 @@ impl Executor {
             stop: AtomicBool::new(false),
             running: AtomicBool::new(false),
             listen_addr,
+            verbs,
         });
         {
             let mut st = shared.lock();
@@ -589,9 +640,29 @@ impl Executor {
             st.plans.push(Arc::new(plan));
             // Grants of the new epoch may have come before its plan did: keep those.
             let e = st.epoch;
-            st.retransmit.clear();
+            let mut dropped: Vec<u64> = st.credits.iter().copied().filter(|&t| split_tag(t).0 < e).collect();
+            dropped.extend(st.retransmit.drain(..));
             st.credits.retain(|&t| split_tag(t).0 >= e);
             st.skips.retain(|&t| split_tag(t).0 >= e);
+            if let Some(v) = &self.shared.verbs {
+                for &d in dead {
+                    v.drop_sender_link(d);
+                }
+                // Over verbs each grant and request claimed a block at its receiver: say we will not
+                // write these, so the claims end (`Verdict { ok: false }` with no write).
+                for tag in dropped {
+                    let (ep, id) = split_tag(tag);
+                    let to = st.plans.get(ep as usize).and_then(|p| p.transfers.get(id as usize)).map(|t| t.to);
+                    if let Some(w) = to.and_then(|to| st.out.get(&to)) {
+                        let _ = w.control(&Control::Verdict { tag, ok: false });
+                    }
+                }
+            }
+        }
+        if self.shared.verbs.is_some() {
+            for &d in dead {
+                verbs_path::peer_dead(&self.shared, d);
+            }
         }
         self.shared.cv.notify_all();
         self.shared.advance_grants(None);
@@ -686,7 +757,10 @@ fn send_loop(sh: &Arc<Shared>) {
                         connect_to = Some(t.to);
                     } else if !busy && sh.forwardable(t.block) && st.credits.remove(&tag) {
                         idx += 1;
-                        st.awaiting = Some((t.to, tag, Instant::now()));
+                        // (over verbs each send waits for its completion: one at a time anyway)
+                        if sh.verbs.is_none() {
+                            st.awaiting = Some((t.to, tag, Instant::now()));
+                        }
                         break (tag, false);
                     }
                 }
@@ -755,6 +829,18 @@ fn send_one(sh: &Arc<Shared>, tag: u64, retransmit: bool) {
             return;
         }
     };
+    if let Some(v) = &sh.verbs {
+        if state != HELD {
+            queue_retransmit(sh, tag);
+            return;
+        }
+        match verbs_path::send(sh, v, t, tag, corrupt) {
+            Ok(()) => {}
+            Err(_) if sh.stop.load(Ordering::Acquire) => {}
+            Err(e) => sh.report_dead(to, format!("writing block {} over verbs: {e}", t.block)),
+        }
+        return;
+    }
     let range = match sh.region.check(MODEL_REGION, tb.offset, tb.len) {
         Ok(r) => r,
         Err(e) => {
@@ -885,23 +971,37 @@ fn writer_to(sh: &Arc<Shared>, to: u32) -> Result<ConnWriter> {
         return Ok(w.clone());
     }
     let addr = *sh.peers.get(to as usize).ok_or_else(|| Error::Multicast(format!("no address for node {to}")))?;
-    let conn = tcp::connect(addr, &sh.secret, sh.timeout_ms)?;
+    let mut conn = tcp::connect(addr, &sh.secret, sh.timeout_ms)?;
     conn.writer.set_send_buffer(DATA_SEND_BUFFER_BYTES)?;
     conn.writer.control(&Control::Iam { node: sh.me })?;
+    if let Some(v) = &sh.verbs {
+        let link = v.connect(&mut conn)?;
+        v.add_sender_link(to, link);
+    }
     let w = conn.writer.clone();
     let s = sh.clone();
     let mut reader = conn.reader;
-    spawn("rdma-nacks", move || nack_loop(&s, to, &mut reader))?;
+    let w2 = w.clone();
+    // in `out` before its reader runs, so a replan sees every grant this connection brings
     sh.lock().out.insert(to, w.clone());
+    if let Err(e) = spawn("rdma-nacks", move || nack_loop(&s, to, &mut reader, &w2)) {
+        sh.lock().out.remove(&to);
+        return Err(e);
+    }
     Ok(w)
 }
 
 /// Reads what a receiver says back on our connection to it: requests to send again.
-fn nack_loop(sh: &Arc<Shared>, to: u32, r: &mut ConnReader) {
+fn nack_loop(sh: &Arc<Shared>, to: u32, r: &mut ConnReader, w: &ConnWriter) {
     loop {
         match r.recv() {
             Ok(Incoming::Control(Control::Nack { tag, reason })) => {
                 log::warn!("node {}: node {to} asks again for {tag:#x}: {reason}", sh.me);
+                if sh.verbs.is_some() && split_tag(tag).0 < sh.lock().epoch {
+                    // as for a grant of an epoch we have left: its claim ends with our decline
+                    decline(sh, w, to, tag);
+                    continue;
+                }
                 queue_retransmit(sh, tag);
             }
             Ok(Incoming::Control(Control::Almost { tag })) => {
@@ -914,6 +1014,13 @@ fn nack_loop(sh: &Arc<Shared>, to: u32, r: &mut ConnReader) {
             }
             Ok(Incoming::Control(Control::Go { tag })) => {
                 let mut st = sh.lock();
+                if sh.verbs.is_some() && split_tag(tag).0 < st.epoch {
+                    // A grant of an epoch we have left (it crossed our replan): over verbs the
+                    // receiver claimed the block for it, so say we will not write it.
+                    drop(st);
+                    decline(sh, w, to, tag);
+                    continue;
+                }
                 if st.credits.len() < MAX_CREDITS {
                     st.credits.insert(tag);
                 }
@@ -941,6 +1048,14 @@ fn nack_loop(sh: &Arc<Shared>, to: u32, r: &mut ConnReader) {
             Err(_) => return,
         }
     }
+}
+
+/// Over verbs: tells receiver `to` (on `w`, our connection to it: the one its grant came over,
+/// which may not be in `out` yet) we will not write `tag` (a `Verdict { ok: false }` with no
+/// write), so the block it claimed for that write is free again.
+fn decline(sh: &Shared, w: &ConnWriter, to: u32, tag: u64) {
+    log::info!("node {}: declining {tag:#x} to node {to}: a grant of an epoch we have left", sh.me);
+    let _ = w.control(&Control::Verdict { tag, ok: false });
 }
 
 // ---------------------------------------------------------------- receiving
@@ -985,14 +1100,13 @@ fn accept_loop(sh: &Arc<Shared>, listener: Listener) {
 }
 
 /// One incoming data connection: the peer names itself, then sends writes.
-fn serve(sh: &Arc<Shared>, conn: tcp::Conn) {
-    let (mut r, w) = (conn.reader, conn.writer);
-    let peer = match r.recv() {
+fn serve(sh: &Arc<Shared>, mut conn: tcp::Conn) {
+    let peer = match conn.reader.recv() {
         Ok(Incoming::Control(Control::Iam { node })) if (node as usize) < sh.peers.len() && node != sh.me => node,
         Ok(other) => {
             let reason = format!("a data connection must start with iam (a node id other than ours), not {other:?}");
-            log::warn!("node {}: {}: {reason}", sh.me, r.peer());
-            w.close(&reason);
+            log::warn!("node {}: {}: {reason}", sh.me, conn.reader.peer());
+            conn.writer.close(&reason);
             return;
         }
         Err(e) => {
@@ -1000,8 +1114,30 @@ fn serve(sh: &Arc<Shared>, conn: tcp::Conn) {
             return;
         }
     };
+    let link = match &sh.verbs {
+        Some(v) => match v.connect(&mut conn) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                if !sh.stop.load(Ordering::Acquire) {
+                    report_protocol(sh, peer, &conn.writer, e);
+                }
+                return;
+            }
+        },
+        None => None,
+    };
+    let w = conn.writer.clone();
     let pending = {
         let mut st = sh.lock();
+        if link.is_some() {
+            if st.dead.get(peer as usize).copied().unwrap_or(true) {
+                // its claims were released when it was declared dead: it may not write again
+                drop(st);
+                w.close(&format!("node {peer} was declared dead"));
+                return;
+            }
+            st.verbs_links.insert(peer);
+        }
         st.incoming.push(w.clone());
         st.incoming_by_node.insert(peer, w.clone());
         st.pending_grants.remove(&peer).unwrap_or_default()
@@ -1009,6 +1145,11 @@ fn serve(sh: &Arc<Shared>, conn: tcp::Conn) {
     for m in pending {
         let _ = w.control(&m);
     }
+    if let Some(link) = link {
+        verbs_path::serve(sh, peer, link, conn);
+        return;
+    }
+    let mut r = conn.reader;
     loop {
         let res = match r.recv() {
             Ok(Incoming::Write(d)) => on_write(sh, peer, d, &mut r, &w),
@@ -1150,6 +1291,13 @@ fn expect_verdict(peer: u32, r: &mut ConnReader, tag: u64) -> Result<bool> {
             reason: format!("a write (tag {tag:#x}) must be followed by its verdict, not {}", describe(&other)),
         }),
     }
+}
+
+/// Closes a peer's connection for a protocol error and reports it dead.
+fn report_protocol(sh: &Shared, peer: u32, w: &ConnWriter, e: Error) {
+    // reported first: closing makes the connection's other thread fail too, with a vaguer reason
+    sh.report_dead(peer, e.to_string());
+    w.close(&e.to_string());
 }
 
 /// A frame in a few words (a message's bytes are not worth printing).

@@ -138,6 +138,8 @@ fn prepare(setup: &Setup, listener: Listener) -> Result<(Executor, OwnedRegion)>
             secret: listener.secret().clone(),
             timeout_ms: setup.timeout_ms,
             corrupt_transfers: setup.faults.corrupt_transfers.clone(),
+            // as the coordinator said (TCP unless asked for verbs: `backend`)
+            verbs: setup.transport.verbs_config(),
         },
         listener,
     )?;

@@ -52,6 +52,7 @@ fn a_chain_from_a_mapped_file_reaches_every_subscriber_once() {
             secret: secret.clone(),
             timeout_ms: 2000,
             corrupt_transfers: vec![],
+            verbs: None,
         };
         execs.push(Executor::start(cfg, l).unwrap());
     }
@@ -102,6 +103,7 @@ fn lone_receiver(
             secret: secret.clone(),
             timeout_ms: 2000,
             corrupt_transfers: vec![],
+            verbs: None,
         },
         l,
     )
@@ -205,6 +207,7 @@ fn a_relay_forwards_while_the_block_arrives_and_a_void_copy_is_sent_again_once_v
             secret: secret.clone(),
             timeout_ms: 2000,
             corrupt_transfers: vec![],
+            verbs: None,
         },
         relay_l,
     )
@@ -314,6 +317,7 @@ fn a_corrupt_copy_stops_at_the_first_check_and_counts_once() {
             secret: secret.clone(),
             timeout_ms: 2000,
             corrupt_transfers: if node == 0 { vec![t01] } else { vec![] },
+            verbs: None,
         };
         execs.push(Executor::start(cfg, l).unwrap());
     }

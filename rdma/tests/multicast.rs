@@ -32,6 +32,7 @@ fn run(
         timeout_ms,
         faults,
         join_timeout: Duration::from_secs(20),
+        transport: Default::default(),
         deadline: Duration::from_secs(60),
     };
     let cmd = WorkerCommand { exe: env!("CARGO_BIN_EXE_rdma_worker").into(), args: vec![], log: None };
@@ -130,6 +131,7 @@ fn a_worker_without_the_secret_cannot_join() {
         timeout_ms: 1000,
         faults: vec![],
         join_timeout: Duration::from_millis(1500),
+        transport: Default::default(),
         deadline: Duration::from_secs(5),
     };
     let e = rdma::coordinator::run(&listener, cfg).unwrap_err().to_string();

@@ -39,6 +39,8 @@ fn bad_flags_are_clear_errors() {
         (vec!["--sources", "1", "--algo", "faascale", "--plan-forwarding", "teleport"], "--plan-forwarding teleport"),
         (vec!["--sources", "0", "--algo", "faascale"], "--sources 0"),
         (vec!["--sources", "1", "--algo", "serverlessllm"], "--algo serverlessllm"),
+        (vec!["--sources", "1", "--algo", "faascale", "--transport", "rdma"], "--transport rdma"),
+        (vec!["--sources", "1", "--algo", "faascale", "--transport", "verbs", "--verbs-port", "0"], "--verbs-port 0"),
     ] {
         let out = multicast(&extra);
         assert!(!out.status.success(), "{extra:?}");
@@ -47,5 +49,22 @@ fn bad_flags_are_clear_errors() {
         let v = last_json(&out);
         let msg = v["error"].as_str().unwrap_or_else(|| panic!("{v}"));
         assert!(msg.contains(want), "expected {want} in {msg}");
+    }
+}
+
+/// Over verbs every worker needs an RDMA device: where there is none (every machine this project
+/// has) the run ends with an error naming the verbs transport and the device, not a hang; where
+/// there is one, every copy verifies, planned store-and-forward.
+#[test]
+fn verbs_works_or_names_the_missing_device() {
+    let out = multicast(&["--sources", "1", "--algo", "faascale", "--transport", "verbs", "--timeout-ms", "5000"]);
+    let v = last_json(&out);
+    if out.status.success() {
+        assert_eq!(v["verified"], true, "{v}");
+        assert_eq!(v["transport"], "verbs", "{v}");
+        assert_eq!(v["plan_forwarding"], "store-and-forward", "{v}");
+    } else {
+        let msg = v["error"].as_str().unwrap_or_else(|| panic!("{v}"));
+        assert!(msg.contains("verbs transport cannot open RDMA device"), "{msg}");
     }
 }

@@ -8,7 +8,7 @@
 //! checksums the coordinator computes); the others receive. Prints one line of JSON last.
 
 use planner::{Algo, Cluster, Forwarding, GroupShape, MulticastRequest, PlanOptions};
-use rdma::control::{pattern, Faults, Fill};
+use rdma::control::{pattern, Faults, Fill, Transport};
 use rdma::coordinator::CoordinatorConfig;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -60,8 +60,19 @@ struct MulticastArgs {
     /// What the faascale planner assumes of the transport: cut-through (what the executor does:
     /// a relay forwards a block while it arrives, in pieces of at least 64 KiB) or
     /// store-and-forward (as over RDMA WRITE per block; faascale then plans binomial pipelines).
-    #[arg(long, default_value = "cut-through")]
-    plan_forwarding: String,
+    /// Default: cut-through over TCP, store-and-forward over verbs.
+    #[arg(long)]
+    plan_forwarding: Option<String>,
+    /// How the workers move the bytes: tcp, or verbs (RDMA WRITE with immediate per transfer
+    /// block; needs an RDMA device on every worker; never yet run on RDMA hardware).
+    #[arg(long, default_value = "tcp")]
+    transport: String,
+    /// verbs: the RDMA device (default: the first one listed).
+    #[arg(long)]
+    verbs_device: Option<String>,
+    /// verbs: the port, 1-based.
+    #[arg(long, default_value_t = 1)]
+    verbs_port: u8,
     /// Transfer block size in bytes, a multiple of 4096 (default: planner::default_chunk_bytes).
     #[arg(long)]
     chunk_bytes: Option<u64>,
@@ -150,7 +161,20 @@ fn multicast(a: MulticastArgs) -> Result<(), String> {
     if a.blocks == 0 {
         return Err("--blocks 0: need at least one execution block".into());
     }
-    let forwarding = match a.plan_forwarding.as_str() {
+    let transport = match a.transport.as_str() {
+        "tcp" => Transport::Tcp,
+        "verbs" if a.verbs_port == 0 => return Err("--verbs-port 0: ports are numbered from 1".into()),
+        "verbs" => Transport::Verbs { device: a.verbs_device.clone(), port: a.verbs_port },
+        x => return Err(format!("--transport {x}: unknown; known: tcp, verbs")),
+    };
+    let plan_forwarding = a.plan_forwarding.clone().unwrap_or_else(|| {
+        if transport == Transport::Tcp {
+            "cut-through".into()
+        } else {
+            "store-and-forward".into()
+        }
+    });
+    let forwarding = match plan_forwarding.as_str() {
         "cut-through" => Forwarding::CutThrough { piece_bytes: rdma::executor::FORWARD_MIN_BYTES as u64 },
         "store-and-forward" => Forwarding::StoreAndForward,
         x => return Err(format!("--plan-forwarding {x}: unknown; known: cut-through, store-and-forward")),
@@ -230,6 +254,7 @@ fn multicast(a: MulticastArgs) -> Result<(), String> {
         timeout_ms: a.timeout_ms,
         faults,
         join_timeout: Duration::from_secs(30),
+        transport: transport.clone(),
         deadline: Duration::from_secs(3600),
     };
     let exe = std::env::current_exe().map_err(|e| format!("finding the faascale binary to start workers: {e}"))?;
@@ -258,12 +283,12 @@ fn multicast(a: MulticastArgs) -> Result<(), String> {
             serde_json::json!({
                 "algo": algo.name(), "nodes": a.nodes, "sources": a.sources, "receivers": receivers.len(),
                 "bytes": a.bytes, "model_bytes": total, "exec_blocks": a.blocks, "transfer_blocks": n_tb,
-                "chunk_bytes": chunk, "transfers": n_transfers, "transport": "tcp",
+                "chunk_bytes": chunk, "transfers": n_transfers, "transport": a.transport,
                 "netns": a.netns, "link_mbit": a.link_mbit,
                 "verified": r.verified, "complete_s": r.complete_s, "first_copy_s": r.first_copy_s,
                 "lower_bound_s": lower_bound_s, "per_node_complete_s": r.per_node_complete_s,
                 "aggregate_recv_gbps": aggregate_gbps, "dead": r.dead, "epochs": r.epochs,
-                "refetched": r.refetched, "plan_forwarding": a.plan_forwarding, "group_shapes": group_shapes,
+                "refetched": r.refetched, "plan_forwarding": plan_forwarding, "group_shapes": group_shapes,
             })
         );
     } else {
