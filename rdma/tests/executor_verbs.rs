@@ -30,6 +30,39 @@ fn layout_and_plan(nodes: usize, algo: Algo) -> (Arc<planner::ModelLayout>, plan
     (Arc::new(layout), plan)
 }
 
+/// Node `node`'s configuration (3 s timeout), over verbs unless `verbs` is `None`.
+fn config(
+    node: usize,
+    layout: &Arc<planner::ModelLayout>,
+    plan: &planner::MulticastPlan,
+    peers: &[std::net::SocketAddr],
+    region: &OwnedRegion,
+    corrupt_transfers: Vec<u32>,
+    verbs: Option<VerbsConfig>,
+) -> ExecConfig {
+    ExecConfig {
+        node: node as u32,
+        layout: layout.clone(),
+        plan: plan.clone(),
+        peers: peers.to_vec(),
+        region: region.region().clone(),
+        secret: Secret::new(vec![7; 32]).unwrap(),
+        timeout_ms: 3000,
+        corrupt_transfers,
+        verbs,
+    }
+}
+
+/// Waits (bounded) until the double says every verbs object is gone, then checks it: links,
+/// regions, domains and contexts torn down, in an order the double accepts.
+fn wait_released() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter("mock_live_objects") != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_clean();
+}
+
 struct Run {
     execs: Vec<Executor>,
     regions: Vec<OwnedRegion>,
@@ -54,17 +87,9 @@ fn start(nodes: usize, algo: Algo, corrupt: Vec<u32>, tcp_node: Option<usize>) -
     regions.extend((1..nodes).map(|_| OwnedRegion::zeroed(end).unwrap()));
     let mut execs = Vec::new();
     for (node, l) in listeners.into_iter().enumerate() {
-        let cfg = ExecConfig {
-            node: node as u32,
-            layout: layout.clone(),
-            plan: plan.clone(),
-            peers: peers.clone(),
-            region: regions[node].region().clone(),
-            secret: secret.clone(),
-            timeout_ms: 3000,
-            corrupt_transfers: if node == 0 { corrupt.clone() } else { vec![] },
-            verbs: (tcp_node != Some(node)).then(VerbsConfig::default),
-        };
+        let corrupt = if node == 0 { corrupt.clone() } else { vec![] };
+        let verbs = (tcp_node != Some(node)).then(VerbsConfig::default);
+        let cfg = config(node, &layout, &plan, &peers, &regions[node], corrupt, verbs);
         execs.push(Executor::start(cfg, l).unwrap());
     }
     (Run { execs, regions, bytes, path }, plan)
@@ -92,18 +117,11 @@ impl Run {
         refetched
     }
 
-    /// Stops every executor and waits (bounded) until the double says every verbs object is gone:
-    /// links, regions, domains and contexts torn down, in an order the double accepts.
+    /// Stops every executor and checks that every verbs object was released.
     fn stop(self) {
         let Run { execs, regions, path, .. } = self;
-        for mut e in execs {
-            e.stop();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while counter("mock_live_objects") != 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_clean();
+        drop(execs);
+        wait_released();
         drop(regions);
         std::fs::remove_file(&path).unwrap();
     }
@@ -180,21 +198,9 @@ fn a_write_that_was_not_granted_is_refused() {
     let l = Listener::bind("127.0.0.1:0".parse().unwrap(), secret.clone(), 3000).unwrap();
     let addr = l.local_addr().unwrap();
     let region = OwnedRegion::zeroed(layout.end_offset() as usize).unwrap();
-    let exec = Executor::start(
-        ExecConfig {
-            node: 1,
-            layout: layout.clone(),
-            plan: plan.clone(),
-            peers: vec!["127.0.0.1:9".parse().unwrap(), addr],
-            region: region.region().clone(),
-            secret: secret.clone(),
-            timeout_ms: 3000,
-            corrupt_transfers: vec![],
-            verbs: Some(VerbsConfig::default()),
-        },
-        l,
-    )
-    .unwrap();
+    let peers = ["127.0.0.1:9".parse().unwrap(), addr];
+    let exec =
+        Executor::start(config(1, &layout, &plan, &peers, &region, vec![], Some(VerbsConfig::default())), l).unwrap();
     exec.go();
     // play node 0
     let mut conn = tcp::connect(addr, &secret, 3000).unwrap();
@@ -229,11 +235,7 @@ fn a_write_that_was_not_granted_is_refused() {
     drop((pd, ctx));
     drop(src);
     drop(exec);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while counter("mock_live_objects") != 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_clean();
+    wait_released();
 }
 
 /// Node 2 of a chain 0 → 1 → 2 → 3 never comes up. Node 1 reports it dead; node 3 had already
@@ -260,17 +262,7 @@ fn a_dead_sender_s_claims_end_and_a_replan_completes() {
             execs.push(None);
             continue;
         }
-        let cfg = ExecConfig {
-            node: node as u32,
-            layout: layout.clone(),
-            plan: plan.clone(),
-            peers: peers.clone(),
-            region: regions[node].region().clone(),
-            secret: secret.clone(),
-            timeout_ms: 3000,
-            corrupt_transfers: vec![],
-            verbs: Some(VerbsConfig::default()),
-        };
+        let cfg = config(node, &layout, &plan, &peers, &regions[node], vec![], Some(VerbsConfig::default()));
         execs.push(Some(Executor::start(cfg, l).unwrap()));
     }
     let live = |n: usize| execs[n].as_ref().unwrap();
@@ -317,9 +309,5 @@ fn a_dead_sender_s_claims_end_and_a_replan_completes() {
         assert!(unsafe { regions[n].bytes(0, end) }.unwrap() == &bytes[..], "node {n}");
     }
     drop(execs);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while counter("mock_live_objects") != 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_clean();
+    wait_released();
 }
