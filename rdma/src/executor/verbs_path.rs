@@ -192,12 +192,23 @@ pub(super) fn send(sh: &Shared, v: &VerbsData, t: &Transfer, tag: u64, corrupt: 
     // link has failed, which ends its use).
     let wr_id = unsafe { link.write(src, src_offset, len, tb.offset, t.id) }?;
     let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_millis(sh.timeout_ms);
     loop {
         if sh.stop.load(Ordering::Acquire) {
             return Err(Error::Multicast("the executor is stopping".into()));
         }
         events.clear();
-        link.wait(&mut events, sh.timeout_ms)?;
+        // polled with short sleeps rather than spun on: a block takes milliseconds on the wire
+        if link.poll(&mut events)? == 0 {
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Multicast(format!(
+                    "the write of transfer {} to node {} did not complete in {} ms",
+                    t.id, t.to, sh.timeout_ms
+                )));
+            }
+            std::thread::sleep(IDLE_POLL);
+            continue;
+        }
         for e in &events {
             match *e {
                 LinkEvent::Sent { wr_id: w, .. } if w == wr_id => {
