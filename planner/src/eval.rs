@@ -89,8 +89,9 @@ pub fn evaluate_with(
         Forwarding::CutThrough { piece_bytes } => Some(piece_bytes as f64),
     };
     let mut arrival: Vec<Option<f64>> = (0..n * nb).map(|i| plan.initial.since[i].map(|_| 0.0)).collect();
-    // When the first piece of the copy that `arrival` counts was there to forward.
-    let mut first_piece: Vec<f64> = vec![0.0; n * nb];
+    // When the first piece of the copy that `arrival` counts was there to forward (cut-through
+    // only: store-and-forward, the hot path of planning and simulation, does without it).
+    let mut first_piece: Vec<f64> = if piece.is_some() { vec![0.0; n * nb] } else { Vec::new() };
     let mut send_free = vec![0.0f64; n];
     let mut recv_free = vec![0.0f64; n];
     let mut local_free = vec![0.0f64; n];
@@ -156,7 +157,9 @@ pub fn evaluate_with(
         let a = &mut arrival[to * nb + blk];
         if a.map_or(true, |old| end < old) {
             *a = Some(end);
-            first_piece[to * nb + blk] = landed_first.unwrap_or(end);
+            if piece.is_some() {
+                first_piece[to * nb + blk] = landed_first.unwrap_or(end);
+            }
         }
         times.push((start, end));
     }
