@@ -14,6 +14,9 @@
 //! sizes are checked first, and a context that hit a sticky error is refused with [`GpuError::ContextLost`].
 //! Errors in destructors are logged and ignored (see [`context`]).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod bounds;
 pub mod context;
 mod copy;

@@ -177,7 +177,9 @@ pub fn primary_ctx_retain(dev: CUdevice) -> Result<CUcontext, GpuError> {
 /// context may be used after the last release.
 pub unsafe fn primary_ctx_release(dev: CUdevice) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuDevicePrimaryCtxRelease_v2", (d.cuDevicePrimaryCtxRelease)(dev), || format!("dev={dev}"))
+    // SAFETY: the caller balances an earlier retain of `dev` and uses no handle of the context afterwards
+    // (this function's contract); `dev` is passed by value.
+    check("cuDevicePrimaryCtxRelease_v2", unsafe { (d.cuDevicePrimaryCtxRelease)(dev) }, || format!("dev={dev}"))
 }
 
 /// `cuCtxSetCurrent` on the calling thread.
@@ -186,7 +188,8 @@ pub unsafe fn primary_ctx_release(dev: CUdevice) -> Result<(), GpuError> {
 /// `ctx` must be a live context (or null to unbind).
 pub unsafe fn ctx_set_current(ctx: CUcontext) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuCtxSetCurrent", (d.cuCtxSetCurrent)(ctx), || format!("ctx={ctx:p}"))
+    // SAFETY: `ctx` is live or null (this function's contract), the two values the call accepts.
+    check("cuCtxSetCurrent", unsafe { (d.cuCtxSetCurrent)(ctx) }, || format!("ctx={ctx:p}"))
 }
 
 /// `cuCtxGetCurrent`: the calling thread's current context, null when none.
@@ -233,7 +236,9 @@ pub fn mem_alloc(bytes: usize) -> Result<CUdeviceptr, GpuError> {
 /// `ptr` must come from [`mem_alloc`] and not have been freed; no queued work may still use it.
 pub unsafe fn mem_free(ptr: CUdeviceptr) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuMemFree_v2", (d.cuMemFree)(ptr), || format!("dptr={ptr:#x}"))
+    // SAFETY: `ptr` came from `cuMemAlloc_v2`, is not yet freed and no queued work uses it (this function's
+    // contract), so freeing it cannot pull memory out from under a kernel or copy.
+    check("cuMemFree_v2", unsafe { (d.cuMemFree)(ptr) }, || format!("dptr={ptr:#x}"))
 }
 
 /// `cuMemHostAlloc`: page-locked host memory (contents uninitialised).
@@ -252,7 +257,9 @@ pub fn mem_host_alloc(bytes: usize, flags: u32) -> Result<*mut c_void, GpuError>
 /// `p` must come from [`mem_host_alloc`], not be freed yet, and no queued copy may still use it.
 pub unsafe fn mem_free_host(p: *mut c_void) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuMemFreeHost", (d.cuMemFreeHost)(p), || format!("p={p:p}"))
+    // SAFETY: `p` came from `cuMemHostAlloc`, is not yet freed and no queued copy reads it (this function's
+    // contract).
+    check("cuMemFreeHost", unsafe { (d.cuMemFreeHost)(p) }, || format!("p={p:p}"))
 }
 
 /// `cuMemHostRegister_v2`: page-lock an existing host range.
@@ -261,7 +268,9 @@ pub unsafe fn mem_free_host(p: *mut c_void) -> Result<(), GpuError> {
 /// `[p, p + bytes)` must be mapped host memory that stays mapped until [`mem_host_unregister`].
 pub unsafe fn mem_host_register(p: *mut c_void, bytes: usize, flags: u32) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuMemHostRegister_v2", (d.cuMemHostRegister)(p, bytes, flags), || {
+    // SAFETY: the caller keeps `[p, p + bytes)` mapped until it is unregistered (this function's contract),
+    // so the driver never pins or maps pages that go away while registered.
+    check("cuMemHostRegister_v2", unsafe { (d.cuMemHostRegister)(p, bytes, flags) }, || {
         format!("p={p:p} bytesize={bytes} flags={flags:#x}")
     })
 }
@@ -272,7 +281,8 @@ pub unsafe fn mem_host_register(p: *mut c_void, bytes: usize, flags: u32) -> Res
 /// `p` must be the start of a range registered with [`mem_host_register`]; no queued copy may still use it.
 pub unsafe fn mem_host_unregister(p: *mut c_void) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuMemHostUnregister", (d.cuMemHostUnregister)(p), || format!("p={p:p}"))
+    // SAFETY: `p` starts a registered range and no queued copy still reads it (this function's contract).
+    check("cuMemHostUnregister", unsafe { (d.cuMemHostUnregister)(p) }, || format!("p={p:p}"))
 }
 
 /// `cuMemHostGetDevicePointer_v2` (flags must be 0).
@@ -282,7 +292,9 @@ pub unsafe fn mem_host_unregister(p: *mut c_void) -> Result<(), GpuError> {
 pub unsafe fn mem_host_get_device_pointer(p: *mut c_void) -> Result<CUdeviceptr, GpuError> {
     let d = driver()?;
     let mut dp: CUdeviceptr = 0;
-    check("cuMemHostGetDevicePointer_v2", (d.cuMemHostGetDevicePointer)(&mut dp, p, 0), || format!("p={p:p}"))?;
+    // SAFETY: `dp` is a valid out-pointer; `p` lies in DEVICEMAP host memory (this function's contract); the
+    // flags argument must be 0.
+    check("cuMemHostGetDevicePointer_v2", unsafe { (d.cuMemHostGetDevicePointer)(&mut dp, p, 0) }, || format!("p={p:p}"))?;
     Ok(dp)
 }
 
@@ -299,7 +311,9 @@ pub unsafe fn memcpy_htod_async(
     stream: CUstream,
 ) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuMemcpyHtoDAsync_v2", (d.cuMemcpyHtoDAsync)(dst, src, bytes, stream), || {
+    // SAFETY: both ranges are valid for `bytes` and stay valid until the copy completes, and `stream` is live
+    // (this function's contract); the driver only reads the host range.
+    check("cuMemcpyHtoDAsync_v2", unsafe { (d.cuMemcpyHtoDAsync)(dst, src, bytes, stream) }, || {
         format!("dst={dst:#x} src={src:p} bytes={bytes}")
     })
 }
@@ -316,7 +330,9 @@ pub unsafe fn memcpy_dtoh_async(
     stream: CUstream,
 ) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuMemcpyDtoHAsync_v2", (d.cuMemcpyDtoHAsync)(dst, src, bytes, stream), || {
+    // SAFETY: `dst` is writable host memory nobody else touches until the copy completes, `src` a live device
+    // range, `stream` live (this function's contract).
+    check("cuMemcpyDtoHAsync_v2", unsafe { (d.cuMemcpyDtoHAsync)(dst, src, bytes, stream) }, || {
         format!("dst={dst:p} src={src:#x} bytes={bytes}")
     })
 }
@@ -332,7 +348,8 @@ pub unsafe fn memcpy_dtod_async(
     stream: CUstream,
 ) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuMemcpyDtoDAsync_v2", (d.cuMemcpyDtoDAsync)(dst, src, bytes, stream), || {
+    // SAFETY: both ranges lie in live device allocations and `stream` is live (this function's contract).
+    check("cuMemcpyDtoDAsync_v2", unsafe { (d.cuMemcpyDtoDAsync)(dst, src, bytes, stream) }, || {
         format!("dst={dst:#x} src={src:#x} bytes={bytes}")
     })
 }
@@ -343,7 +360,8 @@ pub unsafe fn memcpy_dtod_async(
 /// `dst..dst+count` must lie in a live device allocation; `stream` must be live.
 pub unsafe fn memset_d8_async(dst: CUdeviceptr, value: u8, count: usize, stream: CUstream) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuMemsetD8Async", (d.cuMemsetD8Async)(dst, value, count, stream), || {
+    // SAFETY: `dst..dst+count` lies in a live device allocation and `stream` is live (this function's contract).
+    check("cuMemsetD8Async", unsafe { (d.cuMemsetD8Async)(dst, value, count, stream) }, || {
         format!("dst={dst:#x} value={value:#x} count={count}")
     })
 }
@@ -354,7 +372,9 @@ pub unsafe fn memset_d8_async(dst: CUdeviceptr, value: u8, count: usize, stream:
 /// `dst..dst+4*count` must lie in a live device allocation; `stream` must be live.
 pub unsafe fn memset_d32_async(dst: CUdeviceptr, value: u32, count: usize, stream: CUstream) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuMemsetD32Async", (d.cuMemsetD32Async)(dst, value, count, stream), || {
+    // SAFETY: `dst..dst+4*count` lies in a live device allocation and `stream` is live (this function's
+    // contract); a misaligned `dst` is refused by the driver with an error.
+    check("cuMemsetD32Async", unsafe { (d.cuMemsetD32Async)(dst, value, count, stream) }, || {
         format!("dst={dst:#x} value={value:#x} count={count}")
     })
 }
@@ -378,7 +398,8 @@ pub fn stream_create(flags: u32) -> Result<CUstream, GpuError> {
 /// `s` must be a live stream from [`stream_create`], not used afterwards.
 pub unsafe fn stream_destroy(s: CUstream) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuStreamDestroy_v2", (d.cuStreamDestroy)(s), || format!("stream={s:p}"))
+    // SAFETY: `s` is a live stream that the caller never uses again (this function's contract).
+    check("cuStreamDestroy_v2", unsafe { (d.cuStreamDestroy)(s) }, || format!("stream={s:p}"))
 }
 
 /// `cuStreamSynchronize`.
@@ -387,7 +408,8 @@ pub unsafe fn stream_destroy(s: CUstream) -> Result<(), GpuError> {
 /// `s` must be a live stream.
 pub unsafe fn stream_synchronize(s: CUstream) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuStreamSynchronize", (d.cuStreamSynchronize)(s), || format!("stream={s:p}"))
+    // SAFETY: `s` is a live stream (this function's contract).
+    check("cuStreamSynchronize", unsafe { (d.cuStreamSynchronize)(s) }, || format!("stream={s:p}"))
 }
 
 /// `cuStreamWaitEvent` (flags 0).
@@ -396,7 +418,8 @@ pub unsafe fn stream_synchronize(s: CUstream) -> Result<(), GpuError> {
 /// `s` and `e` must be live.
 pub unsafe fn stream_wait_event(s: CUstream, e: CUevent) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuStreamWaitEvent", (d.cuStreamWaitEvent)(s, e, 0), || format!("stream={s:p} event={e:p}"))
+    // SAFETY: `s` and `e` are live (this function's contract); flags must be 0.
+    check("cuStreamWaitEvent", unsafe { (d.cuStreamWaitEvent)(s, e, 0) }, || format!("stream={s:p} event={e:p}"))
 }
 
 /// `cuEventCreate` in the current context.
@@ -414,7 +437,8 @@ pub fn event_create(flags: u32) -> Result<CUevent, GpuError> {
 /// `e` must be a live event, not used afterwards.
 pub unsafe fn event_destroy(e: CUevent) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuEventDestroy_v2", (d.cuEventDestroy)(e), || format!("event={e:p}"))
+    // SAFETY: `e` is a live event that the caller never uses again (this function's contract).
+    check("cuEventDestroy_v2", unsafe { (d.cuEventDestroy)(e) }, || format!("event={e:p}"))
 }
 
 /// `cuEventRecord`.
@@ -423,7 +447,8 @@ pub unsafe fn event_destroy(e: CUevent) -> Result<(), GpuError> {
 /// `e` and `s` must be live and belong to the same context.
 pub unsafe fn event_record(e: CUevent, s: CUstream) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuEventRecord", (d.cuEventRecord)(e, s), || format!("event={e:p} stream={s:p}"))
+    // SAFETY: `e` and `s` are live in one context (this function's contract).
+    check("cuEventRecord", unsafe { (d.cuEventRecord)(e, s) }, || format!("event={e:p} stream={s:p}"))
 }
 
 /// `cuEventQuery`: `Ok(true)` when the recorded work is complete, `Ok(false)` for `CUDA_ERROR_NOT_READY`.
@@ -432,7 +457,8 @@ pub unsafe fn event_record(e: CUevent, s: CUstream) -> Result<(), GpuError> {
 /// `e` must be live.
 pub unsafe fn event_query(e: CUevent) -> Result<bool, GpuError> {
     let d = driver()?;
-    let rc = (d.cuEventQuery)(e);
+    // SAFETY: `e` is a live event (this function's contract).
+    let rc = unsafe { (d.cuEventQuery)(e) };
     if rc == sys::CUDA_ERROR_NOT_READY {
         return Ok(false);
     }
@@ -446,7 +472,8 @@ pub unsafe fn event_query(e: CUevent) -> Result<bool, GpuError> {
 /// `e` must be live.
 pub unsafe fn event_synchronize(e: CUevent) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuEventSynchronize", (d.cuEventSynchronize)(e), || format!("event={e:p}"))
+    // SAFETY: `e` is a live event (this function's contract).
+    check("cuEventSynchronize", unsafe { (d.cuEventSynchronize)(e) }, || format!("event={e:p}"))
 }
 
 /// `cuEventElapsedTime_v2` (or `cuEventElapsedTime` on drivers before CUDA 12.8): milliseconds from `start`
@@ -457,7 +484,8 @@ pub unsafe fn event_synchronize(e: CUevent) -> Result<(), GpuError> {
 pub unsafe fn event_elapsed_time(start: CUevent, end: CUevent) -> Result<f32, GpuError> {
     let d = driver()?;
     let mut ms: f32 = 0.0;
-    let rc = (d.cuEventElapsedTime)(&mut ms, start, end);
+    // SAFETY: `ms` is a valid out-pointer and both events are live (this function's contract).
+    let rc = unsafe { (d.cuEventElapsedTime)(&mut ms, start, end) };
     let call =
         if d.event_elapsed_symbol == "cuEventElapsedTime" { "cuEventElapsedTime" } else { "cuEventElapsedTime_v2" };
     check(call, rc, || format!("start={start:p} end={end:p}"))?;
@@ -505,7 +533,8 @@ pub fn module_load_ptx(ptx: &CStr, log_bytes: usize) -> Result<CUmodule, GpuErro
 /// `m` must be a live module; no function from it may be used afterwards.
 pub unsafe fn module_unload(m: CUmodule) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuModuleUnload", (d.cuModuleUnload)(m), || format!("module={m:p}"))
+    // SAFETY: `m` is a live module whose functions the caller never uses again (this function's contract).
+    check("cuModuleUnload", unsafe { (d.cuModuleUnload)(m) }, || format!("module={m:p}"))
 }
 
 /// `cuModuleGetFunction`.
@@ -515,7 +544,9 @@ pub unsafe fn module_unload(m: CUmodule) -> Result<(), GpuError> {
 pub unsafe fn module_get_function(m: CUmodule, name: &CStr) -> Result<CUfunction, GpuError> {
     let d = driver()?;
     let mut f: CUfunction = ptr::null_mut();
-    check("cuModuleGetFunction", (d.cuModuleGetFunction)(&mut f, m, name.as_ptr()), || {
+    // SAFETY: `f` is a valid out-pointer, `m` a live module (this function's contract), `name` NUL-terminated
+    // and borrowed for the call.
+    check("cuModuleGetFunction", unsafe { (d.cuModuleGetFunction)(&mut f, m, name.as_ptr()) }, || {
         format!("name={}", name.to_string_lossy())
     })?;
     Ok(f)
@@ -528,7 +559,8 @@ pub unsafe fn module_get_function(m: CUmodule, name: &CStr) -> Result<CUfunction
 pub unsafe fn func_get_attribute(f: CUfunction, attrib: sys::CUfunction_attribute) -> Result<i32, GpuError> {
     let d = driver()?;
     let mut v: c_int = 0;
-    check("cuFuncGetAttribute", (d.cuFuncGetAttribute)(&mut v, attrib, f), || format!("attrib={attrib}"))?;
+    // SAFETY: `v` is a valid out-pointer and `f` a live function (this function's contract).
+    check("cuFuncGetAttribute", unsafe { (d.cuFuncGetAttribute)(&mut v, attrib, f) }, || format!("attrib={attrib}"))?;
     Ok(v)
 }
 
@@ -538,7 +570,8 @@ pub unsafe fn func_get_attribute(f: CUfunction, attrib: sys::CUfunction_attribut
 /// `f` must be a live function.
 pub unsafe fn func_set_attribute(f: CUfunction, attrib: sys::CUfunction_attribute, value: i32) -> Result<(), GpuError> {
     let d = driver()?;
-    check("cuFuncSetAttribute", (d.cuFuncSetAttribute)(f, attrib, value), || format!("attrib={attrib} value={value}"))
+    // SAFETY: `f` is a live function (this function's contract); the driver validates `attrib` and `value`.
+    check("cuFuncSetAttribute", unsafe { (d.cuFuncSetAttribute)(f, attrib, value) }, || format!("attrib={attrib} value={value}"))
 }
 
 /// `cuFuncGetParamInfo` (CUDA 12.4+): (offset, size) in bytes of parameter `index`. `Ok(None)` when the
@@ -551,7 +584,9 @@ pub unsafe fn func_get_param_info(f: CUfunction, index: usize) -> Result<Option<
     let d = driver()?;
     let Some(call) = d.cuFuncGetParamInfo else { return Ok(None) };
     let (mut offset, mut size) = (0usize, 0usize);
-    check("cuFuncGetParamInfo", call(f, index, &mut offset, &mut size), || format!("paramIndex={index}"))?;
+    // SAFETY: both out-pointers are valid and `f` is a live function (this function's contract); the driver
+    // reports an index past the parameter list as an error.
+    check("cuFuncGetParamInfo", unsafe { call(f, index, &mut offset, &mut size) }, || format!("paramIndex={index}"))?;
     Ok(Some((offset, size)))
 }
 
@@ -571,7 +606,9 @@ pub unsafe fn launch_kernel(
     params: *mut *mut c_void,
 ) -> Result<(), GpuError> {
     let d = driver()?;
-    let rc = (d.cuLaunchKernel)(
+    // SAFETY: `f` and `stream` are live in one context and `params` holds one correctly sized value per kernel
+    // parameter, which the driver copies during the call (this function's contract); `extra` is null.
+    let rc = unsafe { (d.cuLaunchKernel)(
         f,
         grid[0],
         grid[1],
@@ -583,7 +620,7 @@ pub unsafe fn launch_kernel(
         stream,
         params,
         ptr::null_mut(),
-    );
+    ) };
     check("cuLaunchKernel", rc, || format!("grid={grid:?} block={block:?} sharedMemBytes={shared_bytes}"))
 }
 

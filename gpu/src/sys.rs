@@ -313,24 +313,32 @@ macro_rules! driver_table {
             unsafe fn resolve(handle: *mut c_void, library: &str) -> Result<Driver, GpuError> {
                 let mut event_elapsed_symbol = "";
                 $(
-                    let (ptr, name) = find_symbol(handle, &[$($sym),+]).ok_or_else(|| GpuError::MissingSymbol {
+                    // SAFETY: `handle` is a live dlopen handle (this function's contract).
+                    let found = unsafe { find_symbol(handle, &[$($sym),+]) };
+                    let (ptr, name) = found.ok_or_else(|| GpuError::MissingSymbol {
                         library: library.to_string(),
                         symbol: [$($sym),+].join(" or "),
                     })?;
                     if stringify!($field) == "cuEventElapsedTime" {
                         event_elapsed_symbol = name;
                     }
-                    // SAFETY: `ptr` is the non-null address of an exported function whose C signature is the
-                    // one declared for this field (cuda.h); function and data pointers have the same size and
-                    // representation on every platform this crate builds for (the const assertion after
-                    // this macro checks the size).
-                    let $field: unsafe extern "C" fn($($arg),*) -> CUresult = std::mem::transmute::<*mut c_void, _>(ptr);
+                    let $field: unsafe extern "C" fn($($arg),*) -> CUresult =
+                        // SAFETY: `ptr` is the non-null address of an exported function whose C signature is
+                        // the one declared for this field (cuda.h); function and data pointers have the same
+                        // size and representation on every platform this crate builds for (the const
+                        // assertion after this macro checks the size).
+                        unsafe { std::mem::transmute::<*mut c_void, _>(ptr) };
                 )*
                 $(
+                    // SAFETY: `handle` is a live dlopen handle (this function's contract).
+                    let found = unsafe { find_symbol(handle, &[$($osym),+]) };
                     let $ofield: Option<unsafe extern "C" fn($($oarg),*) -> CUresult> =
-                        find_symbol(handle, &[$($osym),+]).map(|(ptr, _)| {
-                            // SAFETY: as for the required entries above.
-                            std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($oarg),*) -> CUresult>(ptr)
+                        found.map(|(ptr, _)| {
+                            // SAFETY: as for the required entries above: a non-null exported function of the
+                            // declared C signature, and function pointers are data-pointer sized.
+                            unsafe {
+                                std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($oarg),*) -> CUresult>(ptr)
+                            }
                         });
                 )*
                 Ok(Driver { library: library.to_string(), $($field,)* $($ofield,)* event_elapsed_symbol })
@@ -408,7 +416,7 @@ unsafe fn find_symbol(handle: *mut c_void, names: &[&'static str]) -> Option<(*m
     for &name in names {
         let cname = CString::new(name).expect("symbol names are literals without NUL");
         // SAFETY: `handle` is live (caller's contract) and `cname` is a NUL-terminated string.
-        let ptr = libc::dlsym(handle, cname.as_ptr());
+        let ptr = unsafe { libc::dlsym(handle, cname.as_ptr()) };
         if !ptr.is_null() {
             return Some((ptr, name));
         }

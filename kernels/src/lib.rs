@@ -16,6 +16,9 @@
 //! The free functions use [`Kernels::selected`]; [`Kernels::new`] gives any
 //! supported variant explicitly (tests, benchmarks).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod cuda;
 mod dtype;
 mod error;

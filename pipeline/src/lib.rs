@@ -4,6 +4,9 @@
 //! The engine knows nothing of networks or HTTP. A model is cut into execution blocks
 //! (`blocks`); a `Stage` runs a range of them; an `Engine` chains stages on one node.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod blocks;
 pub mod chat;
 pub mod config;

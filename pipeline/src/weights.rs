@@ -9,8 +9,8 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 use std::ops::Range;
 
-/// Anything that can hand out tensors by name with a checked shape: a safetensors
-/// checkpoint today, the packed block format later.
+/// Anything that can hand out tensors by name with a checked shape: a safetensors checkpoint
+/// (below), a GGUF file (`gguf::GgufWeights`) or a packed block file (`packed::PackedFile`).
 pub trait WeightSource {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
     fn contains(&self, name: &str) -> bool;

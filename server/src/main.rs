@@ -3,6 +3,9 @@
 //! Every command that takes `--json` prints exactly one line of JSON as the last line of
 //! standard output (`{"error": "..."}` when it fails); logs and progress go to standard error.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod cli;
 mod logging;
 
@@ -13,7 +16,15 @@ use std::process::ExitCode;
 #[command(
     name = "faascale",
     version,
-    about = "Serverless LLM inference that scales out by block multicast and execute-while-load"
+    about = "faascale: building blocks of serverless LLM inference that scales out by block multicast",
+    long_about = "faascale: building blocks of serverless LLM inference that scales out by block multicast.\n\n\
+What exists: a local CPU/GPU engine (generate), the packed block format (pack, inspect), the multicast \
+planner (plan), a trace-driven simulator of scale-out systems (simulate), and a block multicast between \
+worker processes (bench multicast).\n\n\
+Not yet built: execute-while-load across processes (its parts exist: execution plans and the simulator \
+model it, and a pipeline::Stage runs a range of blocks, but no command runs a model as a pipeline over \
+several processes or nodes), the HTTP server, and the manager that would start workers and route \
+requests."
 )]
 struct Cli {
     /// Log level on standard error: error, warn, info, debug.
@@ -37,7 +48,7 @@ enum Command {
     Plan(cli::plan::Args),
     /// Run benchmarks with real processes (`bench multicast`: a block multicast between worker processes).
     Bench(cli::bench::Args),
-    /// A multicast worker process (started by `bench multicast` and the manager).
+    /// A multicast worker process (started by `bench multicast`).
     #[command(hide = true)]
     Worker(cli::worker::Args),
     /// Replay a request trace on a simulated cluster and compare scale-out systems.

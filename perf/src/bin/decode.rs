@@ -11,6 +11,9 @@
 //! plus bytes written, per second) and a read-only sum. Prints a table on stderr and one JSON
 //! line on stdout.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use kernels::Pool;
 use pipeline::{Engine, GenRequest, Model, SamplingParams, StageLimits};
 use std::path::PathBuf;
