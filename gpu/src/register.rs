@@ -1,6 +1,7 @@
 //! Page-locking existing host memory (for example a memory-mapped packed model file) with
 //! `cuMemHostRegister_v2`, so copies from it run at pinned speed; unregistered on drop.
 
+use std::any::Any;
 use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -44,13 +45,18 @@ impl RegisterFlags {
 }
 
 /// A registered host range. It borrows the memory for `'a`, so the memory cannot be unmapped or freed while
-/// registered.
+/// registered; or, made by [`HostRegistration::owned_read_only`], it holds an `Arc` of the memory's owner
+/// and is `'static`.
 pub struct HostRegistration<'a> {
     ctx: Arc<Context>,
     ptr: *mut u8,
     len: usize,
     flags: RegisterFlags,
     writable: bool,
+    /// The owner of the registered memory when the registration keeps it alive itself. `Drop::drop`
+    /// unregisters the range before any field is dropped, so the memory outlives its registration
+    /// whatever the field order.
+    _owner: Option<Arc<dyn Any + Send + Sync>>,
     _mem: PhantomData<&'a mut [u8]>,
 }
 
@@ -90,7 +96,7 @@ impl<'a> HostRegistration<'a> {
         let bits = flags.bits(!writable);
         // SAFETY: the caller guarantees the range stays mapped until drop, where it is unregistered.
         ctx.run(|| unsafe { result::mem_host_register(ptr.cast(), len, bits) })?;
-        Ok(HostRegistration { ctx: ctx.clone(), ptr, len, flags, writable, _mem: PhantomData })
+        Ok(HostRegistration { ctx: ctx.clone(), ptr, len, flags, writable, _owner: None, _mem: PhantomData })
     }
 
     pub fn len(&self) -> usize {
@@ -131,6 +137,30 @@ impl<'a> HostRegistration<'a> {
         let p = self.ptr.cast::<c_void>();
         // SAFETY: `p` is the start of a range registered with DEVICEMAP and still registered.
         self.ctx.run(|| unsafe { result::mem_host_get_device_pointer(p) })
+    }
+}
+
+impl HostRegistration<'static> {
+    /// Register, read-only, the bytes `bytes(&owner)` of memory that `owner` keeps alive (for example a
+    /// memory-mapped file), holding `owner` until the range is unregistered: the registration needs no
+    /// borrow and is `'static`. The READ_ONLY flag is added as in [`HostRegistration::new_read_only`].
+    pub fn owned_read_only<T: Send + Sync + 'static>(
+        ctx: &Arc<Context>,
+        owner: Arc<T>,
+        bytes: fn(&T) -> &[u8],
+        flags: RegisterFlags,
+    ) -> Result<Self, GpuError> {
+        let mem = bytes(&owner);
+        let (ptr, len) = (mem.as_ptr().cast_mut(), mem.len());
+        // SAFETY: `mem` borrows from the `T` inside `owner`, which an `Arc` keeps at one address for as long
+        // as a clone lives; the registration stores that clone and unregisters in `Drop::drop`, which runs
+        // before its fields (the clone) are dropped, so the range is live for the registration's whole life.
+        // Safe code cannot free or move bytes it has lent out as `&[u8]` through a shared `&T`, so nothing
+        // invalidates them while `owner` is only shared. With `writable == false` nothing is written through
+        // the registration, and the READ_ONLY flag tells the driver the device only reads it.
+        let mut reg = unsafe { Self::register(ctx, ptr, len, flags, false) }?;
+        reg._owner = Some(owner);
+        Ok(reg)
     }
 }
 

@@ -294,7 +294,9 @@ pub unsafe fn mem_host_get_device_pointer(p: *mut c_void) -> Result<CUdeviceptr,
     let mut dp: CUdeviceptr = 0;
     // SAFETY: `dp` is a valid out-pointer; `p` lies in DEVICEMAP host memory (this function's contract); the
     // flags argument must be 0.
-    check("cuMemHostGetDevicePointer_v2", unsafe { (d.cuMemHostGetDevicePointer)(&mut dp, p, 0) }, || format!("p={p:p}"))?;
+    check("cuMemHostGetDevicePointer_v2", unsafe { (d.cuMemHostGetDevicePointer)(&mut dp, p, 0) }, || {
+        format!("p={p:p}")
+    })?;
     Ok(dp)
 }
 
@@ -571,7 +573,9 @@ pub unsafe fn func_get_attribute(f: CUfunction, attrib: sys::CUfunction_attribut
 pub unsafe fn func_set_attribute(f: CUfunction, attrib: sys::CUfunction_attribute, value: i32) -> Result<(), GpuError> {
     let d = driver()?;
     // SAFETY: `f` is a live function (this function's contract); the driver validates `attrib` and `value`.
-    check("cuFuncSetAttribute", unsafe { (d.cuFuncSetAttribute)(f, attrib, value) }, || format!("attrib={attrib} value={value}"))
+    check("cuFuncSetAttribute", unsafe { (d.cuFuncSetAttribute)(f, attrib, value) }, || {
+        format!("attrib={attrib} value={value}")
+    })
 }
 
 /// `cuFuncGetParamInfo` (CUDA 12.4+): (offset, size) in bytes of parameter `index`. `Ok(None)` when the
@@ -608,19 +612,21 @@ pub unsafe fn launch_kernel(
     let d = driver()?;
     // SAFETY: `f` and `stream` are live in one context and `params` holds one correctly sized value per kernel
     // parameter, which the driver copies during the call (this function's contract); `extra` is null.
-    let rc = unsafe { (d.cuLaunchKernel)(
-        f,
-        grid[0],
-        grid[1],
-        grid[2],
-        block[0],
-        block[1],
-        block[2],
-        shared_bytes,
-        stream,
-        params,
-        ptr::null_mut(),
-    ) };
+    let rc = unsafe {
+        (d.cuLaunchKernel)(
+            f,
+            grid[0],
+            grid[1],
+            grid[2],
+            block[0],
+            block[1],
+            block[2],
+            shared_bytes,
+            stream,
+            params,
+            ptr::null_mut(),
+        )
+    };
     check("cuLaunchKernel", rc, || format!("grid={grid:?} block={block:?} sharedMemBytes={shared_bytes}"))
 }
 

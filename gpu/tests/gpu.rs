@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use gpu::{
-    launch, Context, DeviceBuffer, Event, GpuError, HostRegistration, KernelArgs, LaunchConfig, MemoryPool, Module,
+    launch, Context, DeviceBuffer, Event, GpuError, HostRegistration, KernelArgs, LaunchConfig, Module,
     PinnedHostBuffer, RegisterFlags, Stream,
 };
 

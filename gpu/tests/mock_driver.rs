@@ -200,6 +200,41 @@ fn pinned_memory_is_zeroed_and_registrations_map_and_unregister() {
 }
 
 #[test]
+fn an_owning_registration_keeps_its_memory_alive_until_it_is_dropped() {
+    let _g = setup();
+    let ctx = Context::new(0).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let mut map = memmap2::MmapMut::map_anon(1 << 16).unwrap();
+    map[9] = 99;
+    let owner = Arc::new(map.make_read_only().unwrap());
+    let addr = owner.as_ptr();
+    let weak = Arc::downgrade(&owner);
+    fn bytes(m: &memmap2::Mmap) -> &[u8] {
+        &m[..]
+    }
+    let reg = HostRegistration::owned_read_only(&ctx, owner, bytes, RegisterFlags::default()).unwrap();
+    // The caller's handle is gone; the registration's clone keeps the mapping.
+    assert!(weak.upgrade().is_some());
+    assert_eq!((reg.as_slice().as_ptr(), reg.len(), reg.is_writable()), (addr, 1 << 16, false));
+    let mut d8 = DeviceBuffer::<u8>::alloc(&ctx, 1 << 16).unwrap();
+    stream.copy_htod(reg.as_slice(), &mut d8, 0).unwrap();
+    let mut back = vec![0u8; 1 << 16];
+    stream.copy_dtoh(&d8, 0, &mut back).unwrap();
+    assert_eq!(back[9], 99);
+    // The same range again is refused while the owning registration holds it.
+    let again = weak.upgrade().unwrap();
+    let e = HostRegistration::new_read_only(&ctx, &again[..], RegisterFlags::default()).err().unwrap();
+    assert!(
+        matches!(&e, GpuError::Driver { name, .. } if name == "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED"),
+        "{e:?}"
+    );
+    drop(again);
+    drop(reg);
+    // Dropping the registration unregistered the range and then released the last handle to it.
+    assert!(weak.upgrade().is_none());
+}
+
+#[test]
 fn events_time_and_refuse_untimed_pairs() {
     let _g = setup();
     let ctx = Context::new(0).unwrap();

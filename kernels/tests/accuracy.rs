@@ -10,6 +10,7 @@
 mod common;
 
 use common::*;
+use kernels::check::normalised_error;
 use kernels::{reference, AttnSeq, DType, Pool, Weights};
 
 const MATMUL_TOL: f64 = 1e-6;
@@ -78,7 +79,7 @@ fn matmul_matches_reference() {
                 kern.matmul(&pool, &x, m, w, &mut y).unwrap();
                 let mut want = vec![0.0; m * n];
                 reference::matmul(&x, m, Weights::from_f32(&wf, n, k).unwrap(), &mut want).unwrap();
-                worst.check(norm_err(&y, &want), || format!("{dtype:?} m={m} n={n} k={k}"));
+                worst.check(normalised_error(&y, &want), || format!("{dtype:?} m={m} n={n} k={k}"));
             }
         }
     }
@@ -173,7 +174,7 @@ fn rmsnorm_matches_reference() {
             kern.rmsnorm(&x, &w, 1e-5, &mut out).unwrap();
             let mut want = vec![0.0; rows * dim];
             reference::rmsnorm(&x, &w, 1e-5, &mut want).unwrap();
-            worst.check(norm_err(&out, &want), || format!("rows={rows} dim={dim}"));
+            worst.check(normalised_error(&out, &want), || format!("rows={rows} dim={dim}"));
             // in place gives the same bits
             let mut inplace = x.clone();
             let copy = inplace.clone();
@@ -212,7 +213,7 @@ fn silu_mul_matches_reference() {
             kern.silu_mul(&gate, &up, &mut out).unwrap();
             let mut want = vec![0.0; n];
             reference::silu_mul(&gate, &up, &mut want).unwrap();
-            worst.check(norm_err(&out, &want), || format!("n={n}"));
+            worst.check(normalised_error(&out, &want), || format!("n={n}"));
         }
         // extremes: exp overflow and underflow stay finite and signed right
         let gate = [-200.0f32, -90.0, -88.5, 0.0, 88.5, 200.0];
@@ -234,7 +235,7 @@ fn softmax_matches_reference() {
             kern.softmax(&mut got);
             let mut want = x.clone();
             reference::softmax(&mut want);
-            worst.check(norm_err(&got, &want), || format!("n={n}"));
+            worst.check(normalised_error(&got, &want), || format!("n={n}"));
         }
         // masked entries (-inf) get exactly 0
         let mut x = vec![1.0, f32::NEG_INFINITY, 3.0, f32::NEG_INFINITY, 0.5];
@@ -289,7 +290,7 @@ fn attention_matches_reference() {
                 reference::attention(&mut seqs, heads, kv, hd, scale).unwrap();
             }
             for (i, (o, w)) in outs.iter().zip(&wants).enumerate() {
-                worst.check(norm_err(o, w), || format!("heads={heads} kv={kv} hd={hd} seq {i}"));
+                worst.check(normalised_error(o, w), || format!("heads={heads} kv={kv} hd={hd} seq {i}"));
             }
         }
     }

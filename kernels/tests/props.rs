@@ -2,7 +2,8 @@
 //! on random shapes.
 mod common;
 
-use common::{norm_err, weight_bytes, Rng};
+use common::{weight_bytes, Rng};
+use kernels::check::normalised_error;
 use kernels::{reference, AttnSeq, DType, Kernels, Pool, Variant, Weights};
 use proptest::prelude::*;
 
@@ -32,7 +33,7 @@ proptest! {
         kern.matmul(&pool, &x, m, w, &mut y).unwrap();
         let mut want = vec![0.0; m * n];
         reference::matmul(&x, m, Weights::from_f32(&wf, n, k).unwrap(), &mut want).unwrap();
-        prop_assert!(norm_err(&y, &want) <= 1e-6);
+        prop_assert!(normalised_error(&y, &want) <= 1e-6);
         let r = row.index(m);
         let mut alone = vec![0.0; n];
         kern.matmul(&pool, &x[r * k..(r + 1) * k], 1, w, &mut alone).unwrap();
@@ -56,7 +57,7 @@ proptest! {
         kern.attention(&pool, &mut [AttnSeq { q: &q, k: &k, v: &v, out: &mut out, n_q, pos0 }], heads, kv, hd, scale).unwrap();
         let mut want = vec![0.0; q.len()];
         reference::attention(&mut [AttnSeq { q: &q, k: &k, v: &v, out: &mut want, n_q, pos0 }], heads, kv, hd, scale).unwrap();
-        prop_assert!(norm_err(&out, &want) <= 1e-6, "err {}", norm_err(&out, &want));
+        prop_assert!(normalised_error(&out, &want) <= 1e-6, "err {}", normalised_error(&out, &want));
         let i = qi.index(n_q);
         let row = heads * hd;
         let mut one = vec![0.0; row];

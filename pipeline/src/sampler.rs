@@ -91,7 +91,8 @@ impl Sampler {
             sum += e;
             self.probs.push((e as f32, i as u32));
         }
-        if !(sum > 0.0) {
+        // NaN (every logit NaN) or no mass left: fall back to the argmax.
+        if sum.is_nan() || sum <= 0.0 {
             return argmax(logits) as u32;
         }
         // most likely first; ties by token id, so the order is total and repeatable

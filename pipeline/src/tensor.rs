@@ -79,7 +79,7 @@ impl Tensor {
     /// Row `r` of a rank-2 tensor converted to f32 into `out` (embedding lookup).
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) -> Result<()> {
         let cols = *self.shape.last().unwrap_or(&0);
-        let rows = if cols == 0 { 0 } else { self.numel() / cols };
+        let rows = self.numel().checked_div(cols).unwrap_or(0);
         if r >= rows || out.len() != cols {
             return Err(PipelineError::Invalid {
                 what: "row",

@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use kernels::check::normalised_error;
 use kernels::DType;
 use pipeline::gguf::{self, GgufFile, GgufOptions};
 use pipeline::{GenRequest, Model, SamplingParams};
@@ -305,7 +306,7 @@ fn tiny_spm_matches_transformers() {
         let prompt = ids(&case["prompt_ids"]);
         let got = logits_all(&mut e, 1, 0, &prompt);
         for (p, (row, want)) in got.iter().zip(case["prefill_logits"].as_array().unwrap()).enumerate() {
-            let err = nerr(row, &floats(want));
+            let err = normalised_error(row, &floats(want));
             assert!(err < 1e-5, "tiny-spm case {ci} position {p}: normalised error {err:.3e}");
         }
         e.free(1);

@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use kernels::check::normalised_error;
 use pipeline::{GenRequest, Model, SamplingParams};
 use serde_json::Value;
 
@@ -28,7 +29,7 @@ fn check_fixture(name: &str, threads: usize, cuts: &[usize]) {
         let want: Vec<Vec<f32>> = case["prefill_logits"].as_array().unwrap().iter().map(floats).collect();
         assert_eq!(got.len(), want.len());
         for (p, (g, w)) in got.iter().zip(&want).enumerate() {
-            let err = nerr(g, w);
+            let err = normalised_error(g, w);
             assert!(err < TOLERANCE, "{name} case {ci} position {p}: normalised error {err:.3e}");
         }
         // greedy decode through the KV cache, token by token
@@ -46,7 +47,7 @@ fn check_fixture(name: &str, threads: usize, cuts: &[usize]) {
         // the final step's logits (decode path) match too
         let final_len = case["greedy"]["final_step_input_len"].as_u64().unwrap() as usize;
         assert_eq!(final_len, seq.len() - 1);
-        let err = nerr(&last, &floats(&case["greedy"]["final_step_logits"]));
+        let err = normalised_error(&last, &floats(&case["greedy"]["final_step_logits"]));
         assert!(err < TOLERANCE, "{name} case {ci} final decode step: normalised error {err:.3e}");
         e.free(1);
         // and the engine's own generate loop gives the same tokens

@@ -81,18 +81,6 @@ pub fn weight_bytes(vals: &[f32], dtype: DType) -> (Vec<u8>, Vec<f32>) {
 
 pub const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
-/// ||a - b||_2 / ||b||_2 (0 when both are 0).
-pub fn norm_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
-    let den: f64 = b.iter().map(|&y| f64::from(y).powi(2)).sum();
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
-}
-
 /// The kernels of every variant this machine supports (reports the others).
 pub fn all_kernels() -> Vec<Kernels> {
     Variant::ALL

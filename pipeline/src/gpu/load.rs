@@ -137,7 +137,7 @@ pub fn upload_bf16_into(
 /// up (it pins every page), so it is done once, when the node takes the model in, not when a
 /// block is loaded.
 pub struct PinnedPacked {
-    /// Dropped before `file`: the registration borrows the file's mapping.
+    /// Holds an `Arc` of the file itself, so the mapping outlives the registration.
     reg: HostRegistration<'static>,
     file: Arc<PackedFile>,
 }
@@ -145,12 +145,8 @@ pub struct PinnedPacked {
 impl PinnedPacked {
     /// Page-locks `file`'s whole mapping (read-only) in `ctx`.
     pub fn new(ctx: &Arc<Context>, file: Arc<PackedFile>) -> Result<PinnedPacked, GpuError> {
-        let bytes: &[u8] = file.bytes();
-        // SAFETY: the slice is the file's mapping, which lives as long as the `Arc<PackedFile>`
-        // stored beside the registration; the registration is declared first, so it is dropped
-        // (unregistered) before that `Arc`, and it is never handed out with the 'static lifetime.
-        let bytes: &'static [u8] = unsafe { std::mem::transmute::<&[u8], &'static [u8]>(bytes) };
-        let reg = HostRegistration::new_read_only(ctx, bytes, RegisterFlags { portable: true, device_map: false })?;
+        let flags = RegisterFlags { portable: true, device_map: false };
+        let reg = HostRegistration::owned_read_only(ctx, file.clone(), PackedFile::bytes, flags)?;
         Ok(PinnedPacked { reg, file })
     }
 

@@ -74,12 +74,6 @@ fn without_a_driver_opening_the_device_is_a_clean_error() {
     assert!(e.contains("no CUDA driver"), "{e}");
 }
 
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
-}
-
 #[test]
 #[ignore = "needs an NVIDIA GPU and driver (run on the lent device)"]
 fn gpu_logits_match_the_cpu_on_prefill_and_decode() {
@@ -113,7 +107,7 @@ fn gpu_logits_match_the_cpu_on_prefill_and_decode() {
         else {
             panic!("logits expected")
         };
-        let e = rel_err(&a, &b);
+        let e = kernels::check::normalised_error(&a, &b);
         assert!(e < 2e-2, "step {step}: normalised logits error {e}");
         let p = g.seq_len(9) as u32;
         batch = StageBatch {
