@@ -13,6 +13,9 @@ bash scripts/gen_ptx.sh --check
 # The verbs layout test must not skip here: setup.sh installed rdma-core's headers.
 export FAASCALE_REQUIRE_VERBS_HEADERS=1
 cargo build --workspace --all-targets
+# Lints, with every unsafe block documented and unsafe operations in unsafe functions in blocks of
+# their own (the crates also deny both in their roots).
+cargo clippy --workspace --all-targets -- -D warnings -D clippy::undocumented_unsafe_blocks -D unsafe_op_in_unsafe_fn
 cargo test --workspace 2>&1
 # The engine's exactness and invariance tests again with each narrower kernel variant
 # (an unsupported variant falls back to the best available, with a log line).

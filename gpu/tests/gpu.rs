@@ -247,7 +247,8 @@ fn bad_ptx_and_bad_launches_are_refused_with_reasons() {
     let e = unsafe { launch(&f, too_wide, &stream, &mut args) }.unwrap_err();
     assert!(matches!(e, GpuError::LaunchConfig { .. }), "{e}");
     let too_much_shared = LaunchConfig { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes: 1 << 30 };
-    // SAFETY: refused before the driver.
+    // SAFETY: refused before the driver (more shared memory than the device has), and the arguments are
+    // valid for n = 16 in any case.
     let e = unsafe { launch(&f, too_much_shared, &stream, &mut args) }.unwrap_err();
     assert!(matches!(e, GpuError::LaunchConfig { .. }), "{e}");
     let mut short = KernelArgs::new();

@@ -194,7 +194,8 @@ mod tests {
     #[test]
     fn bf16_views_need_alignment_and_even_length() {
         let v: Vec<u16> = vec![0x3f80, 0x4000, 0xbf80];
-        // SAFETY: reading the u16 vector's bytes.
+        // SAFETY: the pointer and 6 bytes cover exactly the vector's 3 initialised u16s, which `v` keeps
+        // alive and unmodified while `bytes` is used; u8 has no alignment requirement.
         let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), 6) };
         let b = as_bf16(bytes).expect("aligned");
         assert_eq!(b.iter().map(|x| x.to_f32()).collect::<Vec<_>>(), vec![1.0, 2.0, -1.0]);
