@@ -16,8 +16,9 @@ use std::process::ExitCode;
 #[command(
     name = "faascale",
     version,
-    about = "faascale: building blocks of serverless LLM inference that scales out by block multicast",
-    long_about = "faascale: building blocks of serverless LLM inference that scales out by block multicast.\n\n\
+    about = "faascale: the parts of a serverless LLM inference system (engine, packed blocks, block multicast, planner, simulator); no HTTP server or manager yet",
+    long_about = "faascale: the parts of a serverless LLM inference system that is to scale out by block multicast \
+and execute-while-load.\n\n\
 What exists: a local CPU/GPU engine (generate), the packed block format (pack, inspect), the multicast \
 planner (plan), a trace-driven simulator of scale-out systems (simulate), and a block multicast between \
 worker processes (bench multicast).\n\n\
