@@ -114,10 +114,6 @@ impl Conn {
         c
     }
 
-    pub(crate) fn token(&self) -> usize {
-        self.token
-    }
-
     /// Whether the loop should read from the socket now.
     pub(crate) fn wants_read(&self, cfg: &HttpConfig) -> bool {
         !self.abort && !self.peer_eof && (self.linger_until.is_some() || self.slots.len() < cfg.max_pipelined_requests)
