@@ -57,7 +57,10 @@ pub(crate) enum Next {
     /// Everything is written: shut down the write side and linger (read and drop) until the
     /// client closes or `LINGER_TIME` passes.
     ShutdownWrite,
-    /// Close now.
+    /// Everything is written and the client has closed its side: close once the loop's own
+    /// send (io_uring) has completed too.
+    Finished,
+    /// Close now, abandoning what is unsent.
     Close,
 }
 
@@ -418,7 +421,7 @@ impl Conn {
             Next::Close
         } else if self.close_after_out && self.out_pending().is_empty() && self.linger_until.is_none() {
             if self.peer_eof {
-                Next::Close
+                Next::Finished
             } else {
                 Next::ShutdownWrite
             }

@@ -425,6 +425,7 @@ impl Loop {
         if !e.closing {
             match e.conn.next() {
                 Next::Close => e.closing = true,
+                Next::Finished if e.send_buf.is_none() => e.closing = true,
                 Next::ShutdownWrite if e.send_buf.is_none() => {
                     sys::shutdown(e.fd.as_raw_fd(), libc::SHUT_WR);
                     e.conn.start_linger(cx.now);
