@@ -55,7 +55,24 @@ fn new_ring(cq_entries: u32) -> Result<IoUring, HttpError> {
 }
 
 /// Checks that a ring can be set up and supports every operation the loop submits.
+///
+/// Runs on a short-lived thread: tearing a ring down later sends task work (as a signal) to
+/// every thread that set one up, which would interrupt the caller's next blocking call (EINTR).
 pub(crate) fn probe() -> Result<(), HttpError> {
+    std::thread::Builder::new()
+        .name("io-uring-probe".into())
+        .spawn(probe_here)
+        .map_err(|source| HttpError::UringSetup { source, hint: "cannot start the probe thread" })?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(HttpError::UringSetup {
+                source: std::io::Error::other("the probe thread panicked"),
+                hint: "io_uring probe",
+            })
+        })
+}
+
+fn probe_here() -> Result<(), HttpError> {
     let ring = IoUring::new(8).map_err(|source| HttpError::UringSetup { hint: setup_hint(&source), source })?;
     let mut p = Probe::new();
     ring.submitter().register_probe(&mut p).map_err(|source| HttpError::UringSetup {
