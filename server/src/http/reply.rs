@@ -151,7 +151,7 @@ impl Reply {
 
     /// Whether the client has already gone (the answer would be dropped).
     pub fn is_closed(&self) -> bool {
-        self.slot.as_ref().map_or(true, |s| s.closed.load(Ordering::Acquire))
+        self.slot.as_ref().is_none_or(|s| s.closed.load(Ordering::Acquire))
     }
 
     pub fn send(mut self, resp: Response) {
