@@ -276,3 +276,14 @@ impl Drop for StreamWriter {
         self.end();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn answers_cross_threads() {
+        fn send_static<T: Send + 'static>() {}
+        send_static::<super::Reply>();
+        send_static::<super::StreamWriter>();
+        send_static::<crate::http::ShutdownHandle>();
+    }
+}
