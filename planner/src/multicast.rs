@@ -47,6 +47,19 @@ impl Algo {
     }
 }
 
+/// NCCL's pipeline chunk for a broadcast (ring or chain) with its Simple protocol, bytes: the
+/// channel buffer `NCCL_BUFFSIZE` (default 4 MiB, NCCL's environment-variable documentation)
+/// split into `NCCL_STEPS` = 8 slots, times `BROADCAST_CHUNKSTEPS` = 1 (NCCL's
+/// `src/include/collectives.h` and `device.h`): 4 MiB / 8 × 1 = 512 KiB. Predictions of an NCCL
+/// chain (`faascale plan --algo nccl`, the simulator's `nccl`) cut the model into chunks of
+/// this size, not into the planner's transfer blocks (`default_chunk_bytes`, a rule for the
+/// binomial pipeline).
+pub const NCCL_CHUNK_BYTES: u64 = 512 << 10;
+
+/// Chunks NCCL keeps in flight per peer (`NCCL_STEPS`): a chunk's fixed cost overlaps the
+/// other slots' transfers, so a prediction charges `latency / NCCL_STEPS` per chunk.
+pub const NCCL_STEPS: u32 = 8;
+
 /// Where a transfer's bytes come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Endpoint {

@@ -27,8 +27,8 @@ pub mod trace;
 
 pub use cost::{model_by_name, models, Gpu, ModelSpec};
 pub use engine::simulate;
-pub use stats::{percentile, Summary};
-pub use trace::{parse_azure_csv, reshape, ModelMapping, Request, Synthetic, TraceError};
+pub use stats::{percentile, pooled_percentile_ci, pooled_ratio_ci, Pooled, Summary};
+pub use trace::{parse_azure_csv, reshape, window, ModelMapping, Request, Synthetic, TraceError};
 
 use crate::autoscale::AutoscalePolicy;
 
@@ -99,6 +99,13 @@ pub struct SimConfig {
     pub warm_at_start: usize,
     pub slo_ttft_s: f64,
     pub seed: u64,
+    /// Compute speed relative to the calibrated H200 (2: every prefill and decode step takes
+    /// half as long).
+    pub compute_speed: f64,
+    /// Send a request to an execute-while-load pipeline only when it is expected to finish
+    /// sooner there than on the local instance that will be ready soonest (false: any free
+    /// slot, least occupied server first).
+    pub pipeline_routing: bool,
 }
 
 impl SimConfig {
@@ -127,6 +134,8 @@ impl SimConfig {
             warm_at_start: 1,
             slo_ttft_s: 1.0,
             seed: 0,
+            compute_speed: 1.0,
+            pipeline_routing: true,
         }
     }
 
@@ -158,6 +167,7 @@ impl SimConfig {
         pos("remote store rate", self.remote_bytes_per_s)?;
         pos("tick", self.tick_s)?;
         pos("SLO", self.slo_ttft_s)?;
+        pos("compute speed", self.compute_speed)?;
         if !(self.ssd_bytes_per_s.is_finite() && self.ssd_bytes_per_s >= 0.0) {
             return Err(format!("SSD rate {} must be finite and ≥ 0", self.ssd_bytes_per_s));
         }
