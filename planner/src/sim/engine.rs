@@ -117,6 +117,8 @@ struct Server {
     active: u32,
     /// The requests in service here.
     reqs: Vec<usize>,
+    /// When its plan ends it (∞: a local instance, or a pipeline without end).
+    until_s: f64,
     alive: bool,
 }
 
@@ -169,6 +171,8 @@ struct Sim<'a> {
     started_warm: usize,
     moved: usize,
     later: usize,
+    /// The time of the event being handled.
+    clock: f64,
 }
 
 /// Runs `cfg.system` on `reqs` (sorted by arrival; `model` indexes `cfg.models`).
@@ -247,6 +251,7 @@ pub fn simulate(cfg: &SimConfig, reqs: &[Request]) -> Result<Summary, String> {
         started_warm: 0,
         moved: 0,
         later: 0,
+        clock: 0.0,
     };
     sim.init()?;
     sim.run()?;
@@ -315,6 +320,7 @@ impl Sim<'_> {
                 ));
             }
             let now = ev.t;
+            self.clock = now;
             match ev.kind {
                 Kind::Arrival(i) => {
                     let m = self.reqs[i].model;
@@ -513,7 +519,10 @@ impl Sim<'_> {
         pipeline_step_s(&stages, &sv.nodes, &users, batch, per_layer, hops, head)
     }
 
-    /// When request `i` (with `generated` tokens so far) would finish on server `s` admitted now.
+    /// When request `i` (with the tokens it has generated so far) would finish on server `s`
+    /// admitted now. On a pipeline that ends before then (its plan says when), the request
+    /// moves at the end with the tokens it has by then and finishes on the local instance
+    /// ready soonest after it, re-prefill included.
     fn finish_on(&self, s: usize, i: usize, now: f64) -> f64 {
         let spec = self.spec(i);
         let (input, output) = self.tokens(i);
@@ -522,22 +531,37 @@ impl Sim<'_> {
         let (first, _) = self.prefill_plan(s, spec, prompt, now);
         let ctx = u64::from(input) + u64::from(output) / 2;
         let step = self.step_s(s, spec, self.servers[s].active + 1, ctx, now);
-        first + f64::from(output.saturating_sub(g + 1)) * step
+        let done = first + f64::from(output.saturating_sub(g + 1)) * step;
+        let until = self.servers[s].until_s;
+        if done <= until {
+            return done;
+        }
+        let held = if until < first {
+            g
+        } else {
+            (g + 1 + ((until - first) / step.max(1e-12)).floor() as u32).min(output.saturating_sub(1))
+        };
+        self.finish_local_from(i, held, until)
     }
 
     /// When request `i` would finish on the local instance of its model that will be ready
     /// soonest: a free slot now, a slot freed by a request in service, or a node still loading
     /// (at its load's end). ∞ when there is none.
     fn finish_local(&self, i: usize, now: f64) -> f64 {
+        self.finish_local_from(i, self.out[i].generated, now)
+    }
+
+    /// `finish_local` for a request holding `held` generated tokens that can start no sooner
+    /// than `from`.
+    fn finish_local_from(&self, i: usize, held: u32, from: f64) -> f64 {
         let m = self.reqs[i].model;
         let spec = self.spec(i);
         let (input, output) = self.tokens(i);
-        let g = self.out[i].generated;
-        let prompt = (input + g).min(spec.max_context);
+        let prompt = (input + held).min(spec.max_context);
         let ctx = u64::from(input) + u64::from(output) / 2;
         let speed = self.cfg.compute_speed;
         let full = (prefill_s(spec, spec.layers, prompt) + head_s(spec, &self.cfg.gpu)) / speed;
-        let steps = f64::from(output.saturating_sub(g + 1));
+        let steps = f64::from(output.saturating_sub(held + 1));
         let mut best = f64::INFINITY;
         for &s in &self.model_servers[m] {
             let sv = &self.servers[s];
@@ -545,19 +569,19 @@ impl Sim<'_> {
                 continue;
             }
             let slot = if sv.active < sv.slots {
-                now
+                from
             } else {
-                sv.reqs.iter().map(|&r| self.out[r].done_at_s).fold(f64::INFINITY, f64::min)
+                sv.reqs.iter().map(|&r| self.out[r].done_at_s).fold(f64::INFINITY, f64::min).max(from)
             };
             let x = sv.stages[0].0 as usize;
             let start = slot.max(self.nodes[x].gpu_free_s);
-            let step = self.step_s(s, spec, sv.active.min(sv.slots - 1) + 1, ctx, now);
+            let step = self.step_s(s, spec, sv.active.min(sv.slots - 1) + 1, ctx, from);
             best = best.min(start + full + steps * step);
         }
         let step1 = (decode_step_s(spec, &self.cfg.gpu, spec.layers, 1, ctx) + head_s(spec, &self.cfg.gpu)) / speed;
         for n in &self.nodes {
-            if n.model == Some(m) && n.complete_s > now && n.complete_s.is_finite() {
-                best = best.min(n.complete_s.max(n.gpu_free_s) + full + steps * step1);
+            if n.model == Some(m) && n.complete_s > self.clock && n.complete_s.is_finite() {
+                best = best.min(n.complete_s.max(n.gpu_free_s).max(from) + full + steps * step1);
             }
         }
         best
@@ -593,12 +617,12 @@ impl Sim<'_> {
                     .min_by(|&a, &b| occ(self, a).total_cmp(&occ(self, b)).then(a.cmp(&b)))
             };
             let Some(s) = pick else { break };
-            // What waiting for a local instance would have given (for `pipeline_admissions_later`).
-            let local_s = if self.servers[s].stages.len() > 1 { self.finish_local(i, now) } else { f64::INFINITY };
-            self.queues[m].pop_front();
-            if self.admit(i, s, now) >= local_s {
+            // Expected finish there against waiting for a local instance (`pipeline_admissions_later`).
+            if self.servers[s].stages.len() > 1 && self.finish_on(s, i, now) >= self.finish_local(i, now) {
                 self.later += 1;
             }
+            self.queues[m].pop_front();
+            self.admit(i, s, now);
         }
     }
 
@@ -685,23 +709,39 @@ impl Sim<'_> {
         let t = now - grp.start_s + 1e-12;
         let nb = self.cfg.blocks as u32;
         let mut want: Vec<Vec<(u32, u32, u32)>> = Vec::new();
+        let mut ends: Vec<f64> = Vec::new();
         match &grp.plan.exec {
             Some(e) => {
                 for p in e.pipelines.iter().filter(|p| p.valid_at(t)) {
                     want.push(p.stages.iter().map(|s| (s.node, s.blocks.start, s.blocks.end)).collect());
+                    ends.push(p.valid_until_s.map_or(f64::INFINITY, |u| grp.start_s + u));
                 }
             }
             None => {
                 for (i, &r) in grp.plan.receivers.iter().enumerate() {
                     if grp.plan.complete_s[i] <= t {
                         want.push(vec![(r, 0, nb)]);
+                        ends.push(f64::INFINITY);
                     }
                 }
             }
         }
         // Only nodes still given to this model and this group take part.
-        want.retain(|st| {
-            st.iter().all(|&(x, _, _)| self.nodes[x as usize].model == Some(m) && self.nodes[x as usize].group == g)
+        let keep: Vec<bool> = want
+            .iter()
+            .map(|st| {
+                st.iter().all(|&(x, _, _)| self.nodes[x as usize].model == Some(m) && self.nodes[x as usize].group == g)
+            })
+            .collect();
+        let mut k = 0;
+        want.retain(|_| {
+            k += 1;
+            keep[k - 1]
+        });
+        let mut k = 0;
+        ends.retain(|_| {
+            k += 1;
+            keep[k - 1]
         });
         let current: Vec<usize> = self.groups[g].servers.clone();
         let mut moved = Vec::new();
@@ -711,7 +751,7 @@ impl Sim<'_> {
                 self.retire(s);
             }
         }
-        for st in &want {
+        for (st, &until_s) in want.iter().zip(&ends) {
             if !self.groups[g].servers.iter().any(|&s| &self.servers[s].stages == st) {
                 let mut nodes: Vec<u32> = st.iter().map(|s| s.0).collect();
                 nodes.sort_unstable();
@@ -725,6 +765,7 @@ impl Sim<'_> {
                     slots: 1,
                     active: 0,
                     reqs: Vec::new(),
+                    until_s,
                     alive: true,
                 });
                 self.groups[g].servers.push(id);

@@ -44,8 +44,8 @@ pub struct Summary {
     pub served_by_pipelines: usize,
     /// Moves of in-flight requests off an ending pipeline (each pays a re-prefill).
     pub moved_requests: usize,
-    /// Admissions to a pipeline scheduled to finish no sooner than waiting for the local
-    /// instance ready soonest would have (0 with `pipeline_routing`).
+    /// Admissions to a pipeline expected to finish (a move at the pipeline's end included) no
+    /// sooner than waiting for the local instance ready soonest (0 with `pipeline_routing`).
     pub pipeline_admissions_later: usize,
     /// Wall-clock seconds the simulation took.
     pub sim_wall_s: f64,
