@@ -39,7 +39,7 @@ pub struct Args {
     seeds: Option<String>,
     /// Replay a window of this many seconds of a real trace (as recorded, before --speedup),
     /// its start drawn with the seed; without it the whole trace.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     window_s: Option<f64>,
     /// Compute speed relative to the calibrated H200 (2: prefill and decode take half as long).
     #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
