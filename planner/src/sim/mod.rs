@@ -9,15 +9,22 @@
 //! get the model and when they may serve differ):
 //! - `faascale`: locality start-up, k-way multicast from hot and warm holders, and
 //!   execute-while-load pipelines across the nodes still loading;
-//! - `nccl`: a pipelined chain per source; a node serves once it holds the whole model;
+//! - `nccl`: a pipelined chain per source in NCCL's 512 KiB chunks; a node serves once it holds
+//!   the whole model;
 //! - `faasnet`: a binary tree per source, block-pipelined; serves once complete;
 //! - `serverlessllm`: each node loads from its own best tier (host memory over PCIe, else
 //!   its local SSD, else the remote store); serves once complete;
 //! - `always-warm`: every node holds a model from the start and is never released (the cost
 //!   reference).
 //!
-//! Deterministic: no hashing, no wall clock in the decisions, ties broken by index; the seed
-//! only drives the trace generator and the mapping of requests to models.
+//! Shared resources: each node's GPU (prefills of every server using it run one after another),
+//! each NIC's uplink and downlink (across concurrent start-ups and hidden-state hops), see
+//! `engine`.
+//!
+//! Deterministic: no hashing, no wall clock in the decisions, ties broken by index. The seed
+//! drives the trace (a synthetic trace's arrivals, a real trace's replayed window,
+//! `trace::window`) and the mapping of requests to models; `stats::Pooled` pools several seeds
+//! with bootstrap confidence intervals.
 
 pub mod cost;
 mod engine;
