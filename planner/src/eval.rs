@@ -181,7 +181,7 @@ pub fn evaluate_busy(
             }
         };
         let a = &mut arrival[to * nb + blk];
-        if a.map_or(true, |old| end < old) {
+        if a.is_none_or(|old| end < old) {
             *a = Some(end);
             if piece.is_some() {
                 first_piece[to * nb + blk] = landed_first.unwrap_or(end);
@@ -273,7 +273,7 @@ pub fn first_copy_lower_bound_s(plan: &MulticastPlan, cluster: &Cluster, latency
     if remote {
         rate += cluster.remote_store_bps;
     }
-    if !(rate > 0.0) {
+    if rate.is_nan() || rate <= 0.0 {
         return Err("no path brings the model to the receivers".into());
     }
     // Blocks some receiver already holds need not enter (a replanned epoch).

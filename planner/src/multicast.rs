@@ -215,7 +215,7 @@ impl GroupTimes {
 /// and while n − 2 pieces cost less than ⌈log2 n⌉ − 1 blocks (blocks of 2 MiB, pieces of
 /// 64 KiB: groups of up to about 200 nodes).
 pub fn group_times(members: usize, block_bytes: &[u64], rate_bps: f64, opts: &PlanOptions) -> GroupTimes {
-    if members < 2 || block_bytes.is_empty() || !(rate_bps > 0.0) {
+    if members < 2 || block_bytes.is_empty() || rate_bps.is_nan() || rate_bps <= 0.0 {
         return GroupTimes { binomial_s: 0.0, chain_s: 0.0 };
     }
     let lat = opts.latency_s.max(0.0);

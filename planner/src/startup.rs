@@ -115,7 +115,7 @@ pub fn plan_start(req: &StartRequest) -> Result<StartPlan, String> {
     let w = req.warm_receivers.len();
     for (j, &r) in req.warm_receivers.iter().enumerate() {
         let pcie = req.cluster.nodes[r as usize].pcie_bps;
-        if !(pcie > 0.0) {
+        if pcie.is_nan() || pcie <= 0.0 {
             return Err(format!("warm node {r} has no PCIe rate"));
         }
         let first = if req.algo == Algo::Faascale { j * nb / w } else { 0 };

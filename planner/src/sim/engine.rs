@@ -941,7 +941,10 @@ impl Sim<'_> {
             if o.moves > 0 && o.tokens > 1 && o.tpot_s.is_nan() {
                 return Err(format!("request {i} moved but has no time per token (seed {seed})"));
             }
-            if !o.done || !(o.ttft_s >= o.prefill_floor_s - 1e-9) || o.done_s + 1e-9 < self.reqs[i].arrival_s + o.ttft_s
+            if !o.done
+                || o.ttft_s.is_nan()
+                || o.ttft_s < o.prefill_floor_s - 1e-9
+                || o.done_s + 1e-9 < self.reqs[i].arrival_s + o.ttft_s
             {
                 return Err(format!(
                     "request {i}: done {}, TTFT {} s below its prefill {} s or finished before its first token (seed {seed})",

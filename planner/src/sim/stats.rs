@@ -133,7 +133,7 @@ pub fn pooled_ratio_ci(groups: &[(f64, f64)], reps: usize, seed: u64) -> (f64, [
     if groups.len() < 2 {
         return (point, [point, point]);
     }
-    let mut rng = super::rng::Rng::new(seed ^ 0x7261_7469_6f);
+    let mut rng = super::rng::Rng::new(seed ^ 0x0072_6174_696f);
     let mut out = Vec::with_capacity(reps);
     for _ in 0..reps {
         let (mut a, mut b) = (0.0, 0.0);

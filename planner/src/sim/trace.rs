@@ -177,7 +177,7 @@ pub fn reshape(reqs: &mut [Request], speedup: f64, num_models: usize, mapping: M
 pub fn window(reqs: &[Request], window_s: f64, seed: u64) -> Vec<Request> {
     let (Some(first), Some(last)) = (reqs.first(), reqs.last()) else { return Vec::new() };
     let span = last.arrival_s - first.arrival_s;
-    if !(window_s < span) {
+    if window_s.is_nan() || window_s >= span {
         return reqs.to_vec();
     }
     let mut rng = Rng::new(seed ^ 0x7769_6e64_6f77);
