@@ -22,8 +22,8 @@
 //! A NIC is one resource: each node's uplink and downlink are busy until the transfers of the
 //! start-ups that use them end (`startup::plan_start` starts every link at that time, and picks
 //! the multicast sources whose uplinks free soonest); a hidden-state hop into a node whose
-//! downlink is still taking the multicast gets half the link (fair sharing of the two flows),
-//! and its bytes push the downlink's busy time on.
+//! downlink is still taking the multicast, or out of one whose uplink still forwards it, gets
+//! half the link (fair sharing of the two flows), and its bytes push those links' busy times on.
 //!
 //! When a pipeline ends (a hand-off to local instances, or a reshape), its in-flight requests
 //! move: each goes back to the head of the queue with the tokens it has generated and pays a
@@ -462,11 +462,12 @@ impl Sim<'_> {
         f64::from(spec.layers) * f64::from(hi - lo) / self.cfg.blocks as f64
     }
 
-    /// A hidden-state hop of `tokens` into node `x` at `t`: half the link while the node's
-    /// downlink still takes a multicast.
-    fn hop_s(&self, spec: &ModelSpec, x: u32, tokens: u32, t: f64) -> f64 {
+    /// A hidden-state hop of `tokens` from node `from` into node `x` at `t`: half the link while
+    /// the receiver's downlink still takes a multicast (or the sender's uplink still forwards
+    /// one).
+    fn hop_s(&self, spec: &ModelSpec, from: u32, x: u32, tokens: u32, t: f64) -> f64 {
         let bytes = f64::from(tokens) * spec.hidden_bytes_per_token() as f64;
-        let rate = if self.nodes[x as usize].down_free_s > t {
+        let rate = if self.nodes[x as usize].down_free_s > t || self.nodes[from as usize].up_free_s > t {
             self.cfg.nic_bytes_per_s / 2.0
         } else {
             self.cfg.nic_bytes_per_s
@@ -483,7 +484,7 @@ impl Sim<'_> {
         let mut busy: Vec<(u32, f64)> = Vec::with_capacity(self.servers[s].stages.len());
         for (k, &(x, lo, hi)) in self.servers[s].stages.iter().enumerate() {
             if k > 0 {
-                t += self.hop_s(spec, x, tokens, t);
+                t += self.hop_s(spec, self.servers[s].stages[k - 1].0, x, tokens, t);
             }
             let free = busy.iter().rev().find(|b| b.0 == x).map_or(self.nodes[x as usize].gpu_free_s, |b| b.1);
             let end = t.max(free) + per_layer * self.layers(spec, lo, hi);
@@ -512,7 +513,7 @@ impl Sim<'_> {
                 others + 1
             })
             .collect();
-        let hops: f64 = sv.stages.iter().skip(1).map(|st| self.hop_s(spec, st.0, 1, now)).sum();
+        let hops: f64 = sv.stages.windows(2).map(|w| self.hop_s(spec, w[0].0, w[1].0, 1, now)).sum();
         let stages: Vec<(u32, f64)> = sv.stages.iter().map(|&(x, lo, hi)| (x, self.layers(spec, lo, hi))).collect();
         let per_layer =
             |micro: u32| decode_step_s(spec, &cfg.gpu, 1, micro, u64::from(micro) * ctx) / cfg.compute_speed;
@@ -638,11 +639,15 @@ impl Sim<'_> {
             let n = &mut self.nodes[x as usize];
             n.gpu_free_s = n.gpu_free_s.max(end);
         }
-        // Hidden-state bytes into nodes still taking a multicast push their downlinks on.
-        for &(x, _, _) in self.servers[s].stages.iter().skip(1) {
-            let n = &mut self.nodes[x as usize];
-            if n.down_free_s > now {
-                n.down_free_s += f64::from(prompt) * spec.hidden_bytes_per_token() as f64 / cfg.nic_bytes_per_s;
+        // Hidden-state bytes through links still carrying a multicast push them on.
+        let hop_s = f64::from(prompt) * spec.hidden_bytes_per_token() as f64 / cfg.nic_bytes_per_s;
+        for k in 1..self.servers[s].stages.len() {
+            let (from, to) = (self.servers[s].stages[k - 1].0 as usize, self.servers[s].stages[k].0 as usize);
+            if self.nodes[to].down_free_s > now {
+                self.nodes[to].down_free_s += hop_s;
+            }
+            if self.nodes[from].up_free_s > now {
+                self.nodes[from].up_free_s += hop_s;
             }
         }
         let ctx = u64::from(input) + u64::from(output) / 2;
