@@ -3,13 +3,17 @@
 //! start-ups.
 //!
 //! `taskset -c 0 cargo bench -p planner --bench sim_bench` (release profile; the simulator is
-//! single-threaded). Needs `../shared/data/traces/` beside the checkout; says so and exits if absent.
+//! single-threaded). Needs `../shared/data/traces/` beside the checkout (or `FAASCALE_TRACE_DIR`);
+//! says so and exits if absent.
 
 use planner::sim::{self, SimConfig, System};
 use std::time::Instant;
 
 fn main() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/traces/AzureLLMInferenceTrace_conv.csv");
+    // `../shared` beside the checkout, or the directory `FAASCALE_TRACE_DIR` names.
+    let dir = std::env::var("FAASCALE_TRACE_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/traces").to_string());
+    let path = &format!("{dir}/AzureLLMInferenceTrace_conv.csv");
     let Ok(text) = std::fs::read_to_string(path) else {
         println!("skipped: {path} is not there");
         return;

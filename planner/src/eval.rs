@@ -72,6 +72,20 @@ pub fn evaluate_with(
     latency_s: f64,
     forwarding: Forwarding,
 ) -> Result<Evaluation, String> {
+    evaluate_busy(plan, cluster, latency_s, forwarding, None)
+}
+
+/// `evaluate_with` on links that are not idle at the start: `link_free_s[node]` is
+/// `(uplink free at, downlink free at)`, seconds from the start of the plan (a NIC still
+/// carrying an earlier start-up's transfers). A NIC is one resource: each direction carries one
+/// transfer at a time, so a transfer on a busy link waits for it.
+pub fn evaluate_busy(
+    plan: &MulticastPlan,
+    cluster: &Cluster,
+    latency_s: f64,
+    forwarding: Forwarding,
+    link_free_s: Option<&[(f64, f64)]>,
+) -> Result<Evaluation, String> {
     let n = plan.num_nodes;
     let nb = plan.num_blocks();
     if cluster.nodes.len() != n {
@@ -94,6 +108,18 @@ pub fn evaluate_with(
     let mut first_piece: Vec<f64> = if piece.is_some() { vec![0.0; n * nb] } else { Vec::new() };
     let mut send_free = vec![0.0f64; n];
     let mut recv_free = vec![0.0f64; n];
+    if let Some(busy) = link_free_s {
+        if busy.len() != n {
+            return Err(format!("link occupancy for {} nodes, the plan has {n}", busy.len()));
+        }
+        for (x, &(up, down)) in busy.iter().enumerate() {
+            if !(up.is_finite() && down.is_finite()) {
+                return Err(format!("node {x}: link free times {up}, {down} are not finite"));
+            }
+            send_free[x] = up.max(0.0);
+            recv_free[x] = down.max(0.0);
+        }
+    }
     let mut local_free = vec![0.0f64; n];
     let mut remote_free = 0.0f64;
     let mut local_used = vec![false; n];
@@ -155,7 +181,7 @@ pub fn evaluate_with(
             }
         };
         let a = &mut arrival[to * nb + blk];
-        if a.map_or(true, |old| end < old) {
+        if a.is_none_or(|old| end < old) {
             *a = Some(end);
             if piece.is_some() {
                 first_piece[to * nb + blk] = landed_first.unwrap_or(end);
@@ -195,4 +221,69 @@ pub fn evaluate_with(
         arrival,
         num_blocks: nb,
     })
+}
+
+/// A lower bound on `Evaluation::first_copy_s` for `plan` (seconds): the receivers together
+/// hold a copy only once S bytes (the model, less blocks a receiver holds at the start) have entered the set of receivers from outside
+/// it, so no sooner than S / C + one latency, where C is the rate at which bytes can enter:
+/// the network part min(Σ uplinks of the nodes that hold blocks at the start and send,
+/// Σ downlinks of the receivers) (k sources of rate R: k·R), plus each receiver's local path
+/// where the plan loads locally (host memory at PCIe rate, SSD at min(SSD, PCIe)), plus the
+/// remote store's rate where it is used. 0 for a plan without receivers.
+pub fn first_copy_lower_bound_s(plan: &MulticastPlan, cluster: &Cluster, latency_s: f64) -> Result<f64, String> {
+    let n = plan.num_nodes;
+    if cluster.nodes.len() != n {
+        return Err(format!("the plan has {n} nodes, the cluster {}", cluster.nodes.len()));
+    }
+    if plan.receivers.is_empty() {
+        return Ok(0.0);
+    }
+    let mut is_rx = vec![false; n];
+    for &r in &plan.receivers {
+        if let Some(x) = is_rx.get_mut(r as usize) {
+            *x = true;
+        }
+    }
+    let mut sender = vec![false; n];
+    let (mut host, mut ssd, mut remote) = (vec![false; n], vec![false; n], false);
+    for t in &plan.transfers {
+        let to = t.to as usize;
+        if to >= n {
+            return Err(format!("transfer {} names node {to} out of range", t.id));
+        }
+        match t.from {
+            Endpoint::Node(s) if (s as usize) < n && !is_rx[s as usize] => sender[s as usize] = true,
+            Endpoint::Node(_) => {}
+            Endpoint::Host => host[to] = true,
+            Endpoint::Ssd => ssd[to] = true,
+            Endpoint::Remote => remote = true,
+        }
+    }
+    let up: f64 = (0..n).filter(|&x| sender[x]).map(|x| cluster.nodes[x].nic_bps).sum();
+    let down: f64 = plan.receivers.iter().map(|&r| cluster.nodes[r as usize].nic_bps).sum();
+    let mut rate = up.min(down);
+    for &r in &plan.receivers {
+        let node = &cluster.nodes[r as usize];
+        if host[r as usize] {
+            rate += node.pcie_bps;
+        } else if ssd[r as usize] {
+            rate += node.ssd_bps.min(node.pcie_bps);
+        }
+    }
+    if remote {
+        rate += cluster.remote_store_bps;
+    }
+    if rate.is_nan() || rate <= 0.0 {
+        return Err("no path brings the model to the receivers".into());
+    }
+    // Blocks some receiver already holds need not enter (a replanned epoch).
+    let nb = plan.num_blocks();
+    let missing: u64 = (0..nb)
+        .filter(|&b| !plan.receivers.iter().any(|&r| plan.initial.holds(r as usize, b)))
+        .map(|b| plan.block_bytes[b])
+        .sum();
+    if missing == 0 {
+        return Ok(0.0);
+    }
+    Ok(missing as f64 / rate + latency_s)
 }

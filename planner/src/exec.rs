@@ -52,21 +52,21 @@ pub const MAX_STAGES: usize = 8;
 
 /// One stage: `node` runs execution blocks `blocks` (`[start, end)`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stage {
+pub struct StageSpan {
     pub node: u32,
     pub blocks: Range<u32>,
 }
 
 /// A pipeline: stages in block order, covering `[0, B)`, valid in `[valid_from_s, valid_until_s)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Pipeline {
-    pub stages: Vec<Stage>,
+pub struct ExecPipeline {
+    pub stages: Vec<StageSpan>,
     pub valid_from_s: f64,
     /// `None`: valid from `valid_from_s` on, without end.
     pub valid_until_s: Option<f64>,
 }
 
-impl Pipeline {
+impl ExecPipeline {
     /// A 1-stage pipeline: a local instance.
     pub fn is_local(&self) -> bool {
         self.stages.len() == 1
@@ -93,14 +93,14 @@ pub struct ExecPlan {
     /// Execution blocks of the model.
     pub num_blocks: u32,
     /// In order of `valid_from_s`, then of formation.
-    pub pipelines: Vec<Pipeline>,
+    pub pipelines: Vec<ExecPipeline>,
     /// One per receiver that ever holds the whole model, in order of `at_s`, then of node.
     pub handoffs: Vec<Handoff>,
 }
 
 impl ExecPlan {
     /// The pipelines valid at time `t`.
-    pub fn pipelines_at(&self, t: f64) -> impl Iterator<Item = &Pipeline> {
+    pub fn pipelines_at(&self, t: f64) -> impl Iterator<Item = &ExecPipeline> {
         self.pipelines.iter().filter(move |p| p.valid_at(t))
     }
 
@@ -126,7 +126,7 @@ impl ExecPlan {
 }
 
 /// Whether `stages` cover `[0, num_blocks)` contiguously, in order, each non-empty.
-pub fn covers(stages: &[Stage], num_blocks: u32) -> bool {
+pub fn covers(stages: &[StageSpan], num_blocks: u32) -> bool {
     let mut next = 0u32;
     for s in stages {
         if s.blocks.start != next || s.blocks.end <= s.blocks.start {
@@ -164,7 +164,7 @@ fn holds(h: &[Vec<bool>], node: u32, blocks: Range<u32>) -> bool {
 /// not held); `nodes`: the candidates (a node listed twice counts once). The pipelines come
 /// back with `valid_from_s = 0` and no end: local instances first, in candidate order, then
 /// multi-stage pipelines in order of formation.
-pub fn form_pipelines(holdings: &[Vec<bool>], nodes: &[u32], num_blocks: usize) -> Vec<Pipeline> {
+pub fn form_pipelines(holdings: &[Vec<bool>], nodes: &[u32], num_blocks: usize) -> Vec<ExecPipeline> {
     let mut out = Vec::new();
     if num_blocks == 0 || num_blocks > u32::MAX as usize {
         return out;
@@ -176,11 +176,11 @@ pub fn form_pipelines(holdings: &[Vec<bool>], nodes: &[u32], num_blocks: usize) 
             cands.push(n);
         }
     }
-    let pipe = |stages: Vec<Stage>| Pipeline { stages, valid_from_s: 0.0, valid_until_s: None };
+    let pipe = |stages: Vec<StageSpan>| ExecPipeline { stages, valid_from_s: 0.0, valid_until_s: None };
     let mut partial: Vec<(u32, usize)> = Vec::new(); // (node, blocks held)
     for &n in &cands {
         if holds(holdings, n, 0..b) {
-            out.push(pipe(vec![Stage { node: n, blocks: 0..b }]));
+            out.push(pipe(vec![StageSpan { node: n, blocks: 0..b }]));
         } else {
             let held = holdings.get(n as usize).map_or(0, |r| r.iter().take(num_blocks).filter(|&&x| x).count());
             if held > 0 {
@@ -195,13 +195,13 @@ pub fn form_pipelines(holdings: &[Vec<bool>], nodes: &[u32], num_blocks: usize) 
             let mut stages = Vec::with_capacity(s);
             for i in 0..s {
                 let r = stage_range(i, s, num_blocks);
-                let prev = stages.last().map(|st: &Stage| st.node);
+                let prev = stages.last().map(|st: &StageSpan| st.node);
                 let best = (0..partial.len())
                     .filter(|&j| Some(partial[j].0) != prev && holds(holdings, partial[j].0, r.clone()))
                     .min_by_key(|&j| (trial[j], partial[j].1, j));
                 let Some(j) = best else { break };
                 trial[j] += 1;
-                stages.push(Stage { node: partial[j].0, blocks: r });
+                stages.push(StageSpan { node: partial[j].0, blocks: r });
             }
             let complete = stages.len() == s;
             let brings_new = (0..load.len()).any(|j| load[j] == 0 && trial[j] > 0);
@@ -292,7 +292,7 @@ pub fn exec_plan_from_arrivals(
     times.dedup();
     handoffs.sort_by(|a, b| a.at_s.total_cmp(&b.at_s).then(a.node.cmp(&b.node)));
 
-    let mut pipelines: Vec<Pipeline> = Vec::new();
+    let mut pipelines: Vec<ExecPipeline> = Vec::new();
     let mut open: Vec<usize> = Vec::new(); // indices into `pipelines` without an end
     for &t in &times {
         let held: Vec<Vec<bool>> =

@@ -158,7 +158,7 @@ impl ModelLayout {
         base_offset: u64,
         chunk_bytes: u64,
     ) -> Result<Self, LayoutError> {
-        if chunk_bytes == 0 || chunk_bytes % BLOCK_ALIGN_BYTES != 0 {
+        if chunk_bytes == 0 || chunk_bytes & (BLOCK_ALIGN_BYTES - 1) != 0 {
             return invalid(format!("chunk size {chunk_bytes} is not a positive multiple of {BLOCK_ALIGN_BYTES}"));
         }
         if blocks.is_empty() || blocks.len() > MAX_EXEC_BLOCKS {
@@ -484,7 +484,7 @@ mod tests {
         assert!((151_000_000..152_000_000).contains(&c), "{c}");
         for (s, m) in [(0, 0), (1, 1), (u64::MAX, 0), (123_456_789, 99_999), (u64::MAX, usize::MAX)] {
             let c = default_chunk_bytes(s, m);
-            assert!(c % K == 0 && ((1 << 20)..=(256 << 20)).contains(&c));
+            assert!(c.checked_rem(K) == Some(0) && ((1 << 20)..=(256 << 20)).contains(&c));
         }
     }
 

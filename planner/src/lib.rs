@@ -12,6 +12,8 @@
 //! - `autoscale`: the per-model autoscaler (queue length and arrival rate, keep-alive).
 //! - `sim`: the deterministic discrete-event simulator that replays traces.
 
+#![forbid(unsafe_code)]
+
 pub mod autoscale;
 pub mod check;
 pub mod cluster;
@@ -23,16 +25,16 @@ pub mod sim;
 pub mod startup;
 
 pub use cluster::{Cluster, Holdings, ModelPlacement, Node, Tier, PLAN_TYPES_VERSION};
-pub use eval::{evaluate, evaluate_with, Evaluation, DEFAULT_LATENCY_S};
+pub use eval::{evaluate, evaluate_busy, evaluate_with, first_copy_lower_bound_s, Evaluation, DEFAULT_LATENCY_S};
 pub use exec::{
-    exec_plan, exec_plan_from_arrivals, form_pipelines, ExecPlan, Handoff, Pipeline, Stage, EXEC_PLAN_VERSION,
+    exec_plan, exec_plan_from_arrivals, form_pipelines, ExecPipeline, ExecPlan, Handoff, StageSpan, EXEC_PLAN_VERSION,
 };
 pub use layout::{
     default_chunk_bytes, ExecBlock, LayoutError, ModelLayout, TransferBlock, BLOCK_ALIGN_BYTES, MODEL_LAYOUT_VERSION,
 };
 pub use multicast::{
     faascale_shapes, group_times, plan, plan_with, Algo, Endpoint, Forwarding, GroupShape, GroupTimes, MulticastPlan,
-    MulticastRequest, NodeSchedule, PlanError, PlanOptions, Transfer,
+    MulticastRequest, NodeSchedule, PlanError, PlanOptions, Transfer, NCCL_CHUNK_BYTES, NCCL_STEPS,
 };
 
 /// A model of `model_bytes` in `exec_blocks` equal execution blocks (one layer each), cut

@@ -47,6 +47,19 @@ impl Algo {
     }
 }
 
+/// NCCL's pipeline chunk for a broadcast (ring or chain) with its Simple protocol, bytes: the
+/// channel buffer `NCCL_BUFFSIZE` (default 4 MiB, NCCL's environment-variable documentation)
+/// split into `NCCL_STEPS` = 8 slots, times `BROADCAST_CHUNKSTEPS` = 1 (NCCL's
+/// `src/include/collectives.h` and `device.h`): 4 MiB / 8 × 1 = 512 KiB. Predictions of an NCCL
+/// chain (`faascale plan --algo nccl`, the simulator's `nccl`) cut the model into chunks of
+/// this size, not into the planner's transfer blocks (`default_chunk_bytes`, a rule for the
+/// binomial pipeline).
+pub const NCCL_CHUNK_BYTES: u64 = 512 << 10;
+
+/// Chunks NCCL keeps in flight per peer (`NCCL_STEPS`): a chunk's fixed cost overlaps the
+/// other slots' transfers, so a prediction charges `latency / NCCL_STEPS` per chunk.
+pub const NCCL_STEPS: u32 = 8;
+
 /// Where a transfer's bytes come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Endpoint {
@@ -202,7 +215,7 @@ impl GroupTimes {
 /// and while n − 2 pieces cost less than ⌈log2 n⌉ − 1 blocks (blocks of 2 MiB, pieces of
 /// 64 KiB: groups of up to about 200 nodes).
 pub fn group_times(members: usize, block_bytes: &[u64], rate_bps: f64, opts: &PlanOptions) -> GroupTimes {
-    if members < 2 || block_bytes.is_empty() || !(rate_bps > 0.0) {
+    if members < 2 || block_bytes.is_empty() || rate_bps.is_nan() || rate_bps <= 0.0 {
         return GroupTimes { binomial_s: 0.0, chain_s: 0.0 };
     }
     let lat = opts.latency_s.max(0.0);

@@ -12,6 +12,12 @@
 //!    sources, each feeding one group. With no holder at all, or with `Algo::Serverlessllm`,
 //!    each cold receiver loads from its own SSD if it has one, else from the shared remote
 //!    store;
+//!    The holders are taken in order of when their uplink is free (`link_free_s`: a NIC that is
+//!    still sending an earlier start-up is one resource, not a fresh source), hot before warm
+//!    on ties. `Algo::Nccl` is a pipelined chain per source in NCCL's own chunks
+//!    (`NCCL_CHUNK_BYTES`, a fixed cost of latency / `NCCL_STEPS` each), computed in closed
+//!    form (the evaluator's recurrence for a chain); the others are planned and evaluated with
+//!    `evaluate_busy`, which starts every link at its `link_free_s`;
 //! 3. with `Algo::Faascale`, the execution plan over all receivers (warm and cold together)
 //!    says which pipelines serve from when; with the other algorithms a receiver serves only
 //!    once it holds the whole model.
@@ -19,10 +25,10 @@
 //! Times are seconds from the start.
 
 use crate::cluster::{Cluster, ModelPlacement, Tier};
-use crate::eval::evaluate;
+use crate::eval::evaluate_busy;
 use crate::exec::{exec_arrivals, exec_plan_from_arrivals, ExecPlan};
 use crate::layout::ModelLayout;
-use crate::multicast::{plan, Algo, MulticastRequest};
+use crate::multicast::{plan, Algo, Endpoint, Forwarding, MulticastRequest, NCCL_CHUNK_BYTES, NCCL_STEPS};
 
 /// What to start.
 #[derive(Clone, Debug)]
@@ -42,6 +48,9 @@ pub struct StartRequest<'a> {
     /// The most multicast sources (k).
     pub max_sources: usize,
     pub latency_s: f64,
+    /// `(uplink free at, downlink free at)` of every cluster node, seconds from the start (links
+    /// still carrying earlier start-ups); `None`: every link idle.
+    pub link_free_s: Option<&'a [(f64, f64)]>,
 }
 
 /// How the receivers start.
@@ -57,6 +66,9 @@ pub struct StartPlan {
     pub sources: Vec<u32>,
     /// With `Algo::Faascale`: the pipelines over the receivers; stage nodes are cluster node ids.
     pub exec: Option<ExecPlan>,
+    /// `(node, uplink busy until, downlink busy until)` for every node whose NIC this start-up
+    /// uses, seconds from the start.
+    pub link_busy_s: Vec<(u32, f64, f64)>,
 }
 
 impl StartPlan {
@@ -90,6 +102,12 @@ pub fn plan_start(req: &StartRequest) -> Result<StartPlan, String> {
     if req.max_sources == 0 {
         return Err("max_sources is 0".into());
     }
+    if let Some(l) = req.link_free_s {
+        if l.len() != n {
+            return Err(format!("link occupancy for {} nodes, the cluster has {n}", l.len()));
+        }
+    }
+    let free = |x: u32| req.link_free_s.map_or((0.0, 0.0), |l| l[x as usize]);
     let mut receivers = Vec::new();
     let mut arrival: Vec<Vec<f64>> = Vec::new();
 
@@ -97,7 +115,7 @@ pub fn plan_start(req: &StartRequest) -> Result<StartPlan, String> {
     let w = req.warm_receivers.len();
     for (j, &r) in req.warm_receivers.iter().enumerate() {
         let pcie = req.cluster.nodes[r as usize].pcie_bps;
-        if !(pcie > 0.0) {
+        if pcie.is_nan() || pcie <= 0.0 {
             return Err(format!("warm node {r} has no PCIe rate"));
         }
         let first = if req.algo == Algo::Faascale { j * nb / w } else { 0 };
@@ -114,8 +132,11 @@ pub fn plan_start(req: &StartRequest) -> Result<StartPlan, String> {
 
     // 2. Cold receivers: multicast from holders, else each from its own SSD or the remote store.
     let mut sources = Vec::new();
+    let mut link_busy_s: Vec<(u32, f64, f64)> = Vec::new();
     if !req.cold_receivers.is_empty() {
-        let holders: Vec<u32> = req.hot.iter().chain(req.warm).copied().collect();
+        let mut holders: Vec<u32> = req.hot.iter().chain(req.warm).copied().collect();
+        // Soonest-free uplink first; the sort is stable, so hot before warm on ties.
+        holders.sort_by(|&a, &b| free(a).0.total_cmp(&free(b).0));
         let k = holders.len().min(req.cold_receivers.len()).min(req.max_sources);
         let algo = if k == 0 { Algo::Serverlessllm } else { req.algo };
         if algo != Algo::Serverlessllm {
@@ -141,17 +162,55 @@ pub fn plan_start(req: &StartRequest) -> Result<StartPlan, String> {
         };
         let src_local: Vec<u32> = (0..sources.len() as u32).collect();
         let rcv_local: Vec<u32> = (sources.len() as u32..members.len() as u32).collect();
-        let mc = plan(
-            algo,
-            &MulticastRequest { cluster: &sub, layout: req.layout, sources: &src_local, receivers: &rcv_local },
-        )
-        .map_err(|e| e.to_string())?;
-        let ev = evaluate(&mc, &sub, req.latency_s)?;
-        let exec_arr = exec_arrivals(&ev, req.layout)?;
-        for (i, &r) in req.cold_receivers.iter().enumerate() {
-            let row = &exec_arr[sources.len() + i];
-            let row: Option<Vec<f64>> = row.iter().copied().collect();
-            let row = row.ok_or_else(|| format!("node {r} never receives the whole model"))?;
+        let busy: Vec<(f64, f64)> = members.iter().map(|&x| free(x)).collect();
+        let mut up = vec![0.0f64; members.len()];
+        let mut down = vec![0.0f64; members.len()];
+        let rows: Vec<Vec<f64>> = if algo == Algo::Nccl {
+            let groups = crate::multicast::split_groups(&rcv_local, sources.len());
+            let mut rows = vec![Vec::new(); req.cold_receivers.len()];
+            for (g, m) in groups.into_iter().enumerate() {
+                let mut chain = vec![src_local[g]];
+                chain.extend_from_slice(m);
+                for (d, row) in nccl_chain(&sub, req.layout, &chain, &busy, req.latency_s).into_iter().enumerate() {
+                    let last = row.iter().copied().fold(0.0, f64::max);
+                    let (from, to) = (chain[d] as usize, chain[d + 1] as usize);
+                    up[from] = up[from].max(last);
+                    down[to] = down[to].max(last);
+                    rows[to - sources.len()] = row;
+                }
+            }
+            rows
+        } else {
+            let mc = plan(
+                algo,
+                &MulticastRequest { cluster: &sub, layout: req.layout, sources: &src_local, receivers: &rcv_local },
+            )
+            .map_err(|e| e.to_string())?;
+            let ev = evaluate_busy(&mc, &sub, req.latency_s, Forwarding::StoreAndForward, Some(&busy))?;
+            for (t, &(_, end)) in mc.transfers.iter().zip(&ev.transfer_times) {
+                match t.from {
+                    Endpoint::Node(x) => {
+                        up[x as usize] = up[x as usize].max(end);
+                        down[t.to as usize] = down[t.to as usize].max(end);
+                    }
+                    Endpoint::Remote => down[t.to as usize] = down[t.to as usize].max(end),
+                    Endpoint::Host | Endpoint::Ssd => {}
+                }
+            }
+            let exec_arr = exec_arrivals(&ev, req.layout)?;
+            let mut rows = Vec::with_capacity(req.cold_receivers.len());
+            for (i, &r) in req.cold_receivers.iter().enumerate() {
+                let row: Option<Vec<f64>> = exec_arr[sources.len() + i].iter().copied().collect();
+                rows.push(row.ok_or_else(|| format!("node {r} never receives the whole model"))?);
+            }
+            rows
+        };
+        for (i, &x) in members.iter().enumerate() {
+            if up[i] > 0.0 || down[i] > 0.0 {
+                link_busy_s.push((x, up[i], down[i]));
+            }
+        }
+        for (&r, row) in req.cold_receivers.iter().zip(rows) {
             receivers.push(r);
             arrival.push(row);
         }
@@ -175,7 +234,48 @@ pub fn plan_start(req: &StartRequest) -> Result<StartPlan, String> {
     } else {
         None
     };
-    Ok(StartPlan { receivers, arrival, complete_s, sources, exec })
+    Ok(StartPlan { receivers, arrival, complete_s, sources, exec, link_busy_s })
+}
+
+/// An NCCL chain `chain[0] → chain[1] → …` in NCCL's chunks: `rows[d][e]`, when `chain[d + 1]`
+/// holds execution block `e`. Each execution block is cut into chunks of `NCCL_CHUNK_BYTES`
+/// (the last one shorter) and sent in order; the evaluator's recurrence for a chain with
+/// store-and-forward hops: hop d of chunk j ends at max(hop d − 1 of chunk j, hop d of chunk
+/// j − 1, the link's free time) + latency / `NCCL_STEPS` + bytes / min(NIC rates).
+pub fn nccl_chain(
+    cluster: &Cluster,
+    layout: &ModelLayout,
+    chain: &[u32],
+    link_free_s: &[(f64, f64)],
+    latency_s: f64,
+) -> Vec<Vec<f64>> {
+    let lat = latency_s / f64::from(NCCL_STEPS);
+    let chunks: Vec<(u64, usize)> = layout
+        .exec_blocks
+        .iter()
+        .enumerate()
+        .flat_map(|(e, b)| {
+            let n = b.len.div_ceil(NCCL_CHUNK_BYTES).max(1);
+            (0..n).map(move |i| ((b.len - i * NCCL_CHUNK_BYTES).min(NCCL_CHUNK_BYTES), e))
+        })
+        .collect();
+    let nb = layout.exec_blocks.len();
+    // `prev[j]`: when the previous member held chunk j (the source: from the start).
+    let mut prev = vec![0.0f64; chunks.len()];
+    let mut rows = Vec::with_capacity(chain.len().saturating_sub(1));
+    for d in 1..chain.len() {
+        let (s, r) = (chain[d - 1] as usize, chain[d] as usize);
+        let rate = cluster.nodes[s].nic_bps.min(cluster.nodes[r].nic_bps);
+        let mut t = link_free_s[s].0.max(link_free_s[r].1).max(0.0);
+        let mut row = vec![0.0f64; nb];
+        for (j, &(bytes, e)) in chunks.iter().enumerate() {
+            t = t.max(prev[j]) + lat + bytes as f64 / rate;
+            prev[j] = t;
+            row[e] = t;
+        }
+        rows.push(row);
+    }
+    rows
 }
 
 #[cfg(test)]
@@ -201,6 +301,7 @@ mod tests {
             algo: Algo::Faascale,
             max_sources: 8,
             latency_s: 10e-6,
+            link_free_s: None,
         };
         let p = plan_start(&req).unwrap();
         let pcie_s = 13.48e9 / 54.6e9;
@@ -225,6 +326,7 @@ mod tests {
             algo: Algo::Faascale,
             max_sources: 8,
             latency_s: 10e-6,
+            link_free_s: None,
         };
         let p = plan_start(&req).unwrap();
         assert_eq!(p.sources, vec![0, 1]);
@@ -264,6 +366,7 @@ mod tests {
             algo: Algo::Faascale,
             max_sources: 8,
             latency_s: 10e-6,
+            link_free_s: None,
         };
         let p = plan_start(&req).unwrap();
         assert!(p.sources.is_empty());
@@ -271,5 +374,54 @@ mod tests {
         assert!(plan_start(&StartRequest { cold_receivers: &[0, 9], ..req.clone() }).unwrap_err().contains("node 9"));
         assert!(plan_start(&StartRequest { hot: &[0], ..req.clone() }).unwrap_err().contains("twice"));
         assert!(plan_start(&StartRequest { cold_receivers: &[], ..req.clone() }).is_err());
+    }
+
+    /// A NIC is one resource: a second start-up whose only source is still sending the first
+    /// one's blocks completes later than on idle links, by about the first's remaining time.
+    #[test]
+    fn nic_sharing_slows_concurrent_start_ups() {
+        let (c, l) = setup(8);
+        let first = plan_start(&StartRequest {
+            cluster: &c,
+            layout: &l,
+            hot: &[0],
+            warm: &[],
+            warm_receivers: &[],
+            cold_receivers: &[1, 2, 3],
+            algo: Algo::Faascale,
+            max_sources: 8,
+            latency_s: 10e-6,
+            link_free_s: None,
+        })
+        .unwrap();
+        let mut busy = vec![(0.0, 0.0); 8];
+        for &(x, up, down) in &first.link_busy_s {
+            busy[x as usize] = (up, down);
+        }
+        assert!(busy[0].0 > 0.25, "the source's uplink is busy: {:?}", busy[0]);
+        let second = StartRequest {
+            cluster: &c,
+            layout: &l,
+            hot: &[0],
+            warm: &[],
+            warm_receivers: &[],
+            cold_receivers: &[4, 5],
+            algo: Algo::Faascale,
+            max_sources: 8,
+            latency_s: 10e-6,
+            link_free_s: None,
+        };
+        let idle = plan_start(&second).unwrap();
+        let shared = plan_start(&StartRequest { link_free_s: Some(&busy), ..second.clone() }).unwrap();
+        let done = |p: &StartPlan| p.complete_s.iter().copied().fold(0.0, f64::max);
+        assert!(done(&shared) >= done(&idle) + busy[0].0 - 1e-9, "{} vs {}", done(&shared), done(&idle));
+        // With a second holder free, the planner takes it first.
+        let other = plan_start(&StartRequest { hot: &[0, 6], link_free_s: Some(&busy), ..second.clone() }).unwrap();
+        assert_eq!(other.sources, vec![6, 0]);
+        for algo in [Algo::Nccl, Algo::Faasnet] {
+            let a = plan_start(&StartRequest { algo, ..second.clone() }).unwrap();
+            let b = plan_start(&StartRequest { algo, link_free_s: Some(&busy), ..second.clone() }).unwrap();
+            assert!(done(&b) >= done(&a) + busy[0].0 - 1e-9, "{algo:?}");
+        }
     }
 }

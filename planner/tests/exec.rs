@@ -12,7 +12,7 @@ fn holds(h: &[Vec<bool>], node: u32, r: &std::ops::Range<u32>) -> bool {
 }
 
 /// Every guarantee of `form_pipelines` the module documents, for one moment.
-fn check_moment(h: &[Vec<bool>], nodes: &[u32], b: usize, ps: &[Pipeline]) {
+fn check_moment(h: &[Vec<bool>], nodes: &[u32], b: usize, ps: &[ExecPipeline]) {
     let allowed = shapes(b);
     let full: Vec<u32> = nodes.iter().copied().filter(|&n| holds(h, n, &(0..b as u32))).collect();
     let mut locals = Vec::new();
@@ -102,7 +102,7 @@ fn eight_single_block_holders_make_one_pipeline_and_full_holders_are_local() {
     let nodes: Vec<u32> = (0..9).collect();
     let ps = form_pipelines(&h, &nodes, 8);
     assert_eq!(ps.len(), 2);
-    assert_eq!(ps[0].stages, vec![Stage { node: 8, blocks: 0..8 }]);
+    assert_eq!(ps[0].stages, vec![StageSpan { node: 8, blocks: 0..8 }]);
     assert_eq!(ps[1].stages.iter().map(|s| s.node).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
     check_moment(&h, &nodes, 8, &ps);
 }
@@ -131,7 +131,7 @@ fn fewer_blocks_than_eight_gives_b_stages_and_long_stages() {
     // 16 blocks, 2 halves: a 2-stage pipeline whose stages span 8 blocks each.
     let h: Vec<Vec<bool>> = (0..2).map(|n| (0..16).map(|b| b / 8 == n).collect()).collect();
     let ps = form_pipelines(&h, &[0, 1], 16);
-    assert_eq!(ps[0].stages, vec![Stage { node: 0, blocks: 0..8 }, Stage { node: 1, blocks: 8..16 }]);
+    assert_eq!(ps[0].stages, vec![StageSpan { node: 0, blocks: 0..8 }, StageSpan { node: 1, blocks: 8..16 }]);
 }
 
 #[test]
@@ -173,12 +173,12 @@ fn check_plan(arr: &[Vec<Option<f64>>], receivers: &[u32], b: usize, plan: &Exec
     for &t in &times {
         let held: Vec<Vec<bool>> =
             arr.iter().map(|row| row.iter().map(|a| a.is_some_and(|a| a <= t)).collect()).collect();
-        let mut want: Vec<Vec<Stage>> = form_pipelines(&held, &rs, b).into_iter().map(|p| p.stages).collect();
-        let mut got: Vec<Vec<Stage>> = plan.pipelines_at(t).map(|p| p.stages.clone()).collect();
+        let mut want: Vec<Vec<StageSpan>> = form_pipelines(&held, &rs, b).into_iter().map(|p| p.stages).collect();
+        let mut got: Vec<Vec<StageSpan>> = plan.pipelines_at(t).map(|p| p.stages.clone()).collect();
         want.sort_by_key(|s| format!("{s:?}"));
         got.sort_by_key(|s| format!("{s:?}"));
         assert_eq!(got, want, "at {t}");
-        let formed: Vec<Pipeline> = plan.pipelines_at(t).cloned().collect();
+        let formed: Vec<ExecPipeline> = plan.pipelines_at(t).cloned().collect();
         check_moment(&held, &rs, b, &formed);
     }
     for r in receivers {
@@ -186,7 +186,7 @@ fn check_plan(arr: &[Vec<Option<f64>>], receivers: &[u32], b: usize, plan: &Exec
         let h = plan.handoffs.iter().find(|h| h.node == *r).map(|h| h.at_s);
         assert_eq!(h, done, "receiver {r}");
         if let Some(d) = done {
-            assert!(plan.pipelines_at(d).any(|p| p.stages == vec![Stage { node: *r, blocks: 0..b as u32 }]));
+            assert!(plan.pipelines_at(d).any(|p| p.stages == vec![StageSpan { node: *r, blocks: 0..b as u32 }]));
         }
     }
 }
@@ -268,7 +268,7 @@ fn faascale_k2_pipelines_from_the_first_collective_copy() {
     assert!(ev.first_copy_s < first_done, "first copy {} not before {first_done}", ev.first_copy_s);
     let ep = exec_plan(&ev, &l, &r).unwrap();
     check_plan(&exec_arrivals(&ev, &l).unwrap(), &r, b, &ep);
-    let multi: Vec<&Pipeline> = ep.pipelines_at(ev.first_copy_s).filter(|p| p.stages.len() > 1).collect();
+    let multi: Vec<&ExecPipeline> = ep.pipelines_at(ev.first_copy_s).filter(|p| p.stages.len() > 1).collect();
     assert!(!multi.is_empty(), "no multi-stage pipeline at first_copy_s: {ep:?}");
     assert!(multi.iter().any(|p| p.valid_from_s == ev.first_copy_s));
     // Nothing multi-stage before the first collective copy.

@@ -185,3 +185,52 @@ fn replays_the_azure_code_trace() {
         assert!(s.ttft_s_p50 > 0.0 && s.throughput_tokens_per_s > 0.0);
     }
 }
+
+/// With the routing rule, no request goes to a pipeline that is scheduled to finish it later
+/// than waiting for the local instance ready soonest; without it, some do (the rule bites).
+#[test]
+fn routing_never_picks_a_pipeline_that_finishes_later() {
+    let m = sim::model_by_name("llama-2-13b").unwrap();
+    let trace = Synthetic::parse("synthetic:rate=1,burst=100,burst_at_s=60,burst_len_s=20,duration_s=120").unwrap();
+    let (mut piped, mut later_any) = (0, 0);
+    for seed in 1..=4 {
+        let reqs = trace.generate(seed);
+        for warm in [1, 4] {
+            let mut cfg = SimConfig::paper(System::Faascale, 12, vec![m.clone()]);
+            cfg.warm_at_start = warm;
+            cfg.seed = seed;
+            let s = sim::simulate(&cfg, &reqs).unwrap();
+            assert_eq!(s.pipeline_admissions_later, 0, "seed {seed}, warm {warm}");
+            piped += s.served_by_pipelines;
+            cfg.pipeline_routing = false;
+            later_any += sim::simulate(&cfg, &reqs).unwrap().pipeline_admissions_later;
+        }
+    }
+    assert!(piped > 0, "no request was served by a pipeline: the test shows nothing");
+    assert!(later_any > 0, "without the rule no admission finished later: the test shows nothing");
+}
+
+/// Pooling seeds: the pooled P90 lies inside its interval, the interval inside the range of
+/// the per-seed P90s widened to the pooled sample.
+#[test]
+fn pooled_seeds_carry_intervals() {
+    let cfg = SimConfig::paper(System::Nccl, 8, vec![sim::model_by_name("llama-2-7b").unwrap()]);
+    let runs: Vec<Summary> = (0..16u64)
+        .map(|seed| {
+            let mut c = cfg.clone();
+            c.seed = seed;
+            sim::simulate(&c, &burst(seed)).unwrap()
+        })
+        .collect();
+    let p = sim::Pooled::from_runs(&runs);
+    assert_eq!(p.requests, runs.iter().map(|r| r.requests).sum::<usize>());
+    for (x, [lo, hi]) in
+        [(p.ttft_s_p50, p.ttft_s_p50_ci), (p.ttft_s_p90, p.ttft_s_p90_ci), (p.gpu_seconds, p.gpu_seconds_ci)]
+    {
+        assert!(lo <= x && x <= hi, "{x} not in [{lo}, {hi}]");
+    }
+    let lo = runs.iter().map(|r| r.ttft_s_p90).fold(f64::INFINITY, f64::min);
+    let hi = runs.iter().map(|r| r.ttft_s_p90).fold(0.0, f64::max);
+    assert!(p.ttft_s_p90 >= lo && p.ttft_s_p90 <= hi, "{} outside the per-seed range [{lo}, {hi}]", p.ttft_s_p90);
+    assert!(p.seeds.contains(&p.median_seed));
+}

@@ -33,6 +33,9 @@ fn every_algorithm_reports_times_at_or_above_the_bound() {
         let first = v["first_copy_s"].as_f64().unwrap();
         let lower = v["lower_bound_s"].as_f64().unwrap();
         assert!(complete >= lower && first <= complete && lower > 0.0, "{algo}: {v}");
+        // The first collective copy leaves k = 2 uplinks (serverlessllm: the local tiers).
+        let first_lower = v["first_copy_lower_bound_s"].as_f64().unwrap();
+        assert!(first_lower > 0.0 && first_lower <= first, "{algo}: {v}");
         // 100 MB (padded to pages) at 50 GB/s
         assert!((lower - 0.002).abs() < 1e-4, "{lower}");
         let per_node = v["per_node_complete_s"].as_array().unwrap();
@@ -41,6 +44,20 @@ fn every_algorithm_reports_times_at_or_above_the_bound() {
         assert_eq!(v["transfer_blocks"], 24);
         assert_eq!(v["algo"], algo);
     }
+}
+
+/// nccl without --chunk-bytes moves NCCL's own 512 KiB chunks; k sources bound the first copy
+/// at S / (k·R) + latency, which faascale's k-way multicast nearly reaches and a chain does not.
+#[test]
+fn nccl_uses_its_own_chunks_and_the_first_copy_bound_is_k_way() {
+    let v = last_json(&plan(&["--algo", "nccl", "--json"]));
+    assert_eq!(v["chunk_bytes"], 524288, "{v}");
+    let f = last_json(&plan(&["--algo", "faascale", "--json"]));
+    let bound = f["first_copy_lower_bound_s"].as_f64().unwrap();
+    // 100 MB (padded) over 2 uplinks of 50 GB/s, plus 10 µs.
+    assert!((bound - (0.001 + 10e-6)).abs() < 1e-4, "{f}");
+    assert!(f["first_copy_s"].as_f64().unwrap() < 1.5 * bound, "{f}");
+    assert!(v["first_copy_s"].as_f64().unwrap() > 1.5 * bound, "{v}");
 }
 
 #[test]

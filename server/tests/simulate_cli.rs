@@ -92,6 +92,39 @@ fn several_systems_and_their_cdfs() {
     assert_eq!(text.matches("<polyline").count(), 5);
 }
 
+/// `--seeds A-B` pools every request of every seed and gives each percentile, SLO and
+/// GPU-seconds a 95 % interval that holds the point; it overrides `--seed`.
+#[test]
+fn seeds_pool_with_confidence_intervals() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["simulate", "--trace", BURST, "--system", "faascale,nccl", "--nodes", "8"];
+        args.extend_from_slice(&["--model", "llama-2-7b", "--json"]);
+        args.extend_from_slice(extra);
+        let out = faascale(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        last_json(&out)
+    };
+    let v = run(&["--seeds", "1-4"]);
+    let one = run(&["--seed", "1"]);
+    let same = run(&["--seeds", "1-4", "--seed", "9"]);
+    for k in ["ttft_s_p90", "ttft_s_p90_ci", "gpu_seconds", "requests"] {
+        assert_eq!(v["systems"]["faascale"][k], same["systems"]["faascale"][k], "--seeds overrides --seed: {k}");
+    }
+    for (name, s) in v["systems"].as_object().unwrap() {
+        assert_eq!(s["seeds"].as_array().unwrap().len(), 4, "{name}");
+        assert!(s["requests"].as_u64().unwrap() > 2 * one["systems"][name]["requests"].as_u64().unwrap());
+        for k in ["ttft_s_p50", "ttft_s_p90", "ttft_s_p99", "slo_attainment", "gpu_seconds"] {
+            let x = s[k].as_f64().unwrap();
+            let ci = s[format!("{k}_ci")].as_array().unwrap_or_else(|| panic!("{name}: no {k}_ci in {s}"));
+            let (lo, hi) = (ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap());
+            assert!(lo <= x && x <= hi, "{name} {k}: {x} not in [{lo}, {hi}]");
+        }
+    }
+    let out =
+        faascale(&["simulate", "--trace", BURST, "--nodes", "4", "--model", "llama-2-7b", "--seeds", "5-2", "--json"]);
+    assert!(last_json(&out)["error"].as_str().unwrap().contains("--seeds"));
+}
+
 #[test]
 fn replays_the_azure_conversation_trace() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/traces/AzureLLMInferenceTrace_conv.csv");
@@ -140,6 +173,10 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         (vec!["--trace", BURST, "--speedup", "0"], "--speedup"),
         (vec!["--trace", BURST, "--link-gbps", "-4"], "--link-gbps"),
         (vec!["--trace", BURST, "--map", "sideways"], "--map"),
+        (vec!["--trace", BURST, "--seeds", "x-3"], "--seeds"),
+        (vec!["--trace", BURST, "--compute-speed", "0"], "--compute-speed"),
+        (vec!["--trace", BURST, "--pipeline-routing", "random"], "--pipeline-routing"),
+        (vec!["--trace", BURST, "--window-s", "-1"], "--window-s"),
     ];
     for (extra, needle) in cases {
         // Defaults for the flags a case does not give.

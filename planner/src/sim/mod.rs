@@ -9,15 +9,22 @@
 //! get the model and when they may serve differ):
 //! - `faascale`: locality start-up, k-way multicast from hot and warm holders, and
 //!   execute-while-load pipelines across the nodes still loading;
-//! - `nccl`: a pipelined chain per source; a node serves once it holds the whole model;
+//! - `nccl`: a pipelined chain per source in NCCL's 512 KiB chunks; a node serves once it holds
+//!   the whole model;
 //! - `faasnet`: a binary tree per source, block-pipelined; serves once complete;
 //! - `serverlessllm`: each node loads from its own best tier (host memory over PCIe, else
 //!   its local SSD, else the remote store); serves once complete;
 //! - `always-warm`: every node holds a model from the start and is never released (the cost
 //!   reference).
 //!
-//! Deterministic: no hashing, no wall clock in the decisions, ties broken by index; the seed
-//! only drives the trace generator and the mapping of requests to models.
+//! Shared resources: each node's GPU (prefills of every server using it run one after another),
+//! each NIC's uplink and downlink (across concurrent start-ups and hidden-state hops), see
+//! `engine`.
+//!
+//! Deterministic: no hashing, no wall clock in the decisions, ties broken by index. The seed
+//! drives the trace (a synthetic trace's arrivals, a real trace's replayed window,
+//! `trace::window`) and the mapping of requests to models; `stats::Pooled` pools several seeds
+//! with bootstrap confidence intervals.
 
 pub mod cost;
 mod engine;
@@ -27,8 +34,8 @@ pub mod trace;
 
 pub use cost::{model_by_name, models, Gpu, ModelSpec};
 pub use engine::simulate;
-pub use stats::{percentile, Summary};
-pub use trace::{parse_azure_csv, reshape, ModelMapping, Request, Synthetic, TraceError};
+pub use stats::{percentile, pooled_percentile_ci, pooled_ratio_ci, Pooled, Summary};
+pub use trace::{parse_azure_csv, reshape, window, ModelMapping, Request, Synthetic, TraceError};
 
 use crate::autoscale::AutoscalePolicy;
 
@@ -99,6 +106,13 @@ pub struct SimConfig {
     pub warm_at_start: usize,
     pub slo_ttft_s: f64,
     pub seed: u64,
+    /// Compute speed relative to the calibrated H200 (2: every prefill and decode step takes
+    /// half as long).
+    pub compute_speed: f64,
+    /// Send a request to an execute-while-load pipeline only when it is expected to finish
+    /// sooner there than on the local instance that will be ready soonest (false: any free
+    /// slot, least occupied server first).
+    pub pipeline_routing: bool,
 }
 
 impl SimConfig {
@@ -127,6 +141,8 @@ impl SimConfig {
             warm_at_start: 1,
             slo_ttft_s: 1.0,
             seed: 0,
+            compute_speed: 1.0,
+            pipeline_routing: true,
         }
     }
 
@@ -158,6 +174,7 @@ impl SimConfig {
         pos("remote store rate", self.remote_bytes_per_s)?;
         pos("tick", self.tick_s)?;
         pos("SLO", self.slo_ttft_s)?;
+        pos("compute speed", self.compute_speed)?;
         if !(self.ssd_bytes_per_s.is_finite() && self.ssd_bytes_per_s >= 0.0) {
             return Err(format!("SSD rate {} must be finite and ≥ 0", self.ssd_bytes_per_s));
         }

@@ -170,6 +170,24 @@ pub fn reshape(reqs: &mut [Request], speedup: f64, num_models: usize, mapping: M
     }
 }
 
+/// The requests of a window of `window_s` seconds of the trace (seconds of the trace as
+/// recorded, before any speed-up), its start drawn uniformly with `seed` from
+/// [first arrival, last arrival − `window_s`], re-based to start at 0. The whole trace when
+/// `window_s` covers it. This is what a seed varies on a real trace (with the model mapping).
+pub fn window(reqs: &[Request], window_s: f64, seed: u64) -> Vec<Request> {
+    let (Some(first), Some(last)) = (reqs.first(), reqs.last()) else { return Vec::new() };
+    let span = last.arrival_s - first.arrival_s;
+    if window_s.is_nan() || window_s >= span {
+        return reqs.to_vec();
+    }
+    let mut rng = Rng::new(seed ^ 0x7769_6e64_6f77);
+    let start = first.arrival_s + rng.next_f64() * (span - window_s);
+    reqs.iter()
+        .filter(|r| r.arrival_s >= start && r.arrival_s < start + window_s)
+        .map(|r| Request { arrival_s: r.arrival_s - start, ..r.clone() })
+        .collect()
+}
+
 /// A synthetic trace: Poisson arrivals at `rate_per_s`, multiplied by `burst` during
 /// `[burst_at_s, burst_at_s + burst_len_s)`, for `duration_s`; prompt and output lengths
 /// uniform in [x/2, 3x/2].

@@ -5,7 +5,7 @@
 //! throughput, SLO attainment and GPU-seconds; `--svg` draws the systems' TTFT CDFs.
 
 use planner::autoscale::AutoscalePolicy;
-use planner::sim::{self, ModelMapping, SimConfig, Summary, Synthetic, System};
+use planner::sim::{self, ModelMapping, Pooled, SimConfig, Summary, Synthetic, System};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -28,9 +28,27 @@ pub struct Args {
     /// How requests are mapped onto several models: random (seeded) or round-robin.
     #[arg(long, default_value = "random")]
     map: String,
-    /// Seed of the synthetic trace and of the random mapping.
+    /// Seed of the synthetic trace's arrivals, of a real trace's window (`--window-s`) and of
+    /// the random mapping onto models.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run every seed of `A-B` (or one seed `A`) and pool all their requests; overrides
+    /// `--seed`. The JSON gives each percentile, SLO and GPU-seconds a 95 % bootstrap interval
+    /// over the seeds (`ttft_s_p90_ci`: [lo, hi]).
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Replay a window of this many seconds of a real trace (as recorded, before --speedup),
+    /// its start drawn with the seed; without it the whole trace.
+    #[arg(long, allow_hyphen_values = true)]
+    window_s: Option<f64>,
+    /// Compute speed relative to the calibrated H200 (2: prefill and decode take half as long).
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    compute_speed: f64,
+    /// faascale's routing: `finish` sends a request to an execute-while-load pipeline only
+    /// when it is expected to finish sooner there than on the local instance ready soonest;
+    /// `any` takes any free slot, least occupied server first.
+    #[arg(long, default_value = "finish")]
+    pipeline_routing: String,
     /// Divide every arrival time by this (2: the trace runs twice as fast).
     #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     speedup: f64,
@@ -101,20 +119,51 @@ pub fn run(a: Args) -> Result<(), String> {
     if !(a.speedup.is_finite() && a.speedup > 0.0) {
         return Err(format!("--speedup {}: must be a positive number", a.speedup));
     }
-    let mut reqs = if a.trace.starts_with("synthetic") {
-        Synthetic::parse(&a.trace).map_err(|e| format!("--trace: {e}"))?.generate(a.seed)
-    } else {
-        let text = std::fs::read(&a.trace).map_err(|e| format!("--trace {}: {e}", a.trace))?;
-        let text = String::from_utf8(text).map_err(|e| format!("--trace {}: not UTF-8 text: {e}", a.trace))?;
-        sim::parse_azure_csv(&text, &a.trace).map_err(|e| e.to_string())?
+    let seeds = parse_seeds(a.seeds.as_deref(), a.seed)?;
+    if let Some(w) = a.window_s {
+        if !(w.is_finite() && w > 0.0) {
+            return Err(format!("--window-s {w}: must be a positive number of seconds"));
+        }
+    }
+    if !(a.compute_speed.is_finite() && a.compute_speed > 0.0 && a.compute_speed <= 1000.0) {
+        return Err(format!("--compute-speed {}: must be a number in (0, 1000]", a.compute_speed));
+    }
+    let pipeline_routing = match a.pipeline_routing.as_str() {
+        "finish" => true,
+        "any" => false,
+        other => return Err(format!("--pipeline-routing {other}: expected finish or any")),
     };
-    if let Some(n) = a.limit {
-        reqs.truncate(n);
+    let synthetic = if a.trace.starts_with("synthetic") {
+        Some(Synthetic::parse(&a.trace).map_err(|e| format!("--trace: {e}"))?)
+    } else {
+        None
+    };
+    let base = match &synthetic {
+        Some(_) => Vec::new(),
+        None => {
+            let text = std::fs::read(&a.trace).map_err(|e| format!("--trace {}: {e}", a.trace))?;
+            let text = String::from_utf8(text).map_err(|e| format!("--trace {}: not UTF-8 text: {e}", a.trace))?;
+            sim::parse_azure_csv(&text, &a.trace).map_err(|e| e.to_string())?
+        }
+    };
+    let mut traces = Vec::with_capacity(seeds.len());
+    for &seed in &seeds {
+        let mut reqs = match &synthetic {
+            Some(s) => s.generate(seed),
+            None => match a.window_s {
+                Some(w) => sim::window(&base, w, seed),
+                None => base.clone(),
+            },
+        };
+        if let Some(n) = a.limit {
+            reqs.truncate(n);
+        }
+        if reqs.is_empty() {
+            return Err(format!("--trace: no requests to replay (seed {seed})"));
+        }
+        sim::reshape(&mut reqs, a.speedup, specs.len(), mapping, seed);
+        traces.push(reqs);
     }
-    if reqs.is_empty() {
-        return Err("--trace: no requests to replay".into());
-    }
-    sim::reshape(&mut reqs, a.speedup, specs.len(), mapping, a.seed);
     let gbps = |flag: &str, x: f64| -> Result<f64, String> {
         if x.is_finite() && x > 0.0 {
             Ok(x * 1e9 / 8.0)
@@ -136,7 +185,7 @@ pub fn run(a: Args) -> Result<(), String> {
     if !(a.host_mem_gb.is_finite() && a.host_mem_gb >= 0.0 && a.host_mem_gb <= 1e6) {
         return Err(format!("--host-mem-gb {}: must be a number in 0 ..= 1000000", a.host_mem_gb));
     }
-    let mut results: Vec<Summary> = Vec::new();
+    let mut results: Vec<(Pooled, Summary)> = Vec::new();
     for &system in &systems {
         let mut cfg = SimConfig::paper(system, a.nodes, specs.clone());
         cfg.gpus_per_node = a.gpus_per_node;
@@ -150,50 +199,61 @@ pub fn run(a: Args) -> Result<(), String> {
         cfg.host_mem_bytes = (a.host_mem_gb * 1e9) as u64;
         cfg.max_sources = a.max_sources;
         cfg.slo_ttft_s = a.slo_ttft_s;
-        cfg.seed = a.seed;
-        let s = sim::simulate(&cfg, &reqs).map_err(|e| format!("{}: {e}", system.name()))?;
+        cfg.compute_speed = a.compute_speed;
+        cfg.pipeline_routing = pipeline_routing;
+        let mut runs: Vec<Summary> = Vec::with_capacity(seeds.len());
+        for (&seed, reqs) in seeds.iter().zip(&traces) {
+            cfg.seed = seed;
+            runs.push(sim::simulate(&cfg, reqs).map_err(|e| format!("{}: {e}", system.name()))?);
+        }
+        let p = Pooled::from_runs(&runs);
         log::info!(
-            "{}: {} requests, TTFT p50 {:.3} s p90 {:.3} s p99 {:.3} s, TPOT {:.1} ms, SLO {:.1} %, {:.0} GPU-s, {} start-ups ({} nodes), simulated in {:.2} s",
-            s.system,
-            s.requests,
-            s.ttft_s_p50,
-            s.ttft_s_p90,
-            s.ttft_s_p99,
-            s.tpot_s_mean * 1e3,
-            s.slo_attainment * 100.0,
-            s.gpu_seconds,
-            s.scale_outs,
-            s.nodes_started,
-            s.sim_wall_s
+            "{}: {} requests over {} seed(s), TTFT p50 {:.3} s p90 {:.3} s [{:.3}, {:.3}] p99 {:.3} s, SLO {:.1} %, {:.0} GPU-s per run, {} start-ups, {} moves, simulated in {:.2} s",
+            p.system,
+            p.requests,
+            seeds.len(),
+            p.ttft_s_p50,
+            p.ttft_s_p90,
+            p.ttft_s_p90_ci[0],
+            p.ttft_s_p90_ci[1],
+            p.ttft_s_p99,
+            p.slo_attainment * 100.0,
+            p.gpu_seconds,
+            p.scale_outs,
+            p.moved_requests,
+            p.sim_wall_s
         );
-        results.push(s);
+        let median = runs.iter().position(|r| r.seed == p.median_seed).unwrap_or(0);
+        results.push((p, runs.swap_remove(median)));
     }
     println!(
-        "{:<14} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12} {:>9}",
-        "system", "p50 s", "p90 s", "p99 s", "TPOT ms", "SLO %", "GPU-s", "tok/s"
+        "{:<14} {:>9} {:>21} {:>9} {:>9} {:>8} {:>12}",
+        "system", "p50 s", "p90 s [95% CI]", "p99 s", "TPOT ms", "SLO %", "GPU-s"
     );
-    for s in &results {
+    for (s, _) in &results {
         println!(
-            "{:<14} {:>9.3} {:>9.3} {:>9.3} {:>9.1} {:>8.1} {:>12.0} {:>9.0}",
+            "{:<14} {:>9.3} {:>7.3} [{:.3}, {:.3}] {:>9.3} {:>9.1} {:>8.1} {:>12.0}",
             s.system,
             s.ttft_s_p50,
             s.ttft_s_p90,
+            s.ttft_s_p90_ci[0],
+            s.ttft_s_p90_ci[1],
             s.ttft_s_p99,
             s.tpot_s_mean * 1e3,
             s.slo_attainment * 100.0,
             s.gpu_seconds,
-            s.throughput_tokens_per_s
         );
     }
     if let Some(path) = &a.svg {
-        std::fs::write(path, cdf_svg(&results, &a)).map_err(|e| format!("--svg {}: {e}", path.display()))?;
+        let median: Vec<Summary> = results.iter().map(|r| r.1.clone()).collect();
+        std::fs::write(path, cdf_svg(&median, &a)).map_err(|e| format!("--svg {}: {e}", path.display()))?;
     }
     if a.json {
         let line = if results.len() == 1 {
-            serde_json::to_value(&results[0]).map_err(|e| e.to_string())?
+            serde_json::to_value(&results[0].0).map_err(|e| e.to_string())?
         } else {
             let mut m = serde_json::Map::new();
-            for s in &results {
+            for (s, _) in &results {
                 m.insert(s.system.clone(), serde_json::to_value(s).map_err(|e| e.to_string())?);
             }
             serde_json::json!({ "systems": m })
@@ -203,7 +263,25 @@ pub fn run(a: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// TTFT CDFs, log-scaled TTFT axis from 1 ms to the largest TTFT.
+/// `--seeds A-B` (inclusive) or `A`; without it, the one `--seed`.
+fn parse_seeds(spec: Option<&str>, seed: u64) -> Result<Vec<u64>, String> {
+    let Some(spec) = spec else { return Ok(vec![seed]) };
+    let num = |x: &str| x.trim().parse::<u64>().map_err(|_| format!("--seeds {spec}: expected A-B or A"));
+    let (a, b) = match spec.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(spec)?, num(spec)?),
+    };
+    if b < a {
+        return Err(format!("--seeds {spec}: the range is empty"));
+    }
+    if b - a >= 1024 {
+        return Err(format!("--seeds {spec}: at most 1024 seeds"));
+    }
+    Ok((a..=b).collect())
+}
+
+/// TTFT CDFs (each system's median seed, see `Pooled::median_seed`), log-scaled TTFT axis from
+/// 1 ms to the largest TTFT.
 fn cdf_svg(results: &[Summary], a: &Args) -> String {
     use std::fmt::Write;
     let (left, top, width, height) = (60.0, 30.0, 640.0, 360.0);
@@ -221,7 +299,7 @@ fn cdf_svg(results: &[Summary], a: &Args) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<text x="{left}" y="16">TTFT CDF: {} on {} nodes, trace {}, speed-up {}</text>"#,
+        r#"<text x="{left}" y="16">TTFT CDF (median seed): {} on {} nodes, trace {}, speed-up {}</text>"#,
         a.model, a.nodes, a.trace, a.speedup
     );
     let _ = writeln!(s, r#"<rect x="{left}" y="{top}" width="{width}" height="{height}" fill="none" stroke="black"/>"#);
