@@ -12,6 +12,8 @@ export CARGO_INCREMENTAL=0
 bash scripts/gen_ptx.sh --check
 # The verbs layout test must not skip here: setup.sh installed rdma-core's headers.
 export FAASCALE_REQUIRE_VERBS_HEADERS=1
+# The network-namespace tests must not skip either: CI runs as root with iproute2 and tc.
+export FAASCALE_REQUIRE_NETNS=1
 cargo build --workspace --all-targets
 cargo test --workspace 2>&1
 # The engine's exactness and invariance tests again with each narrower kernel variant

@@ -38,7 +38,7 @@
 use crate::auth::Secret;
 use crate::control::Control;
 use crate::error::{Error, Result};
-use crate::region::Region;
+use crate::region::{Access, Claim, Region};
 use crate::tcp::{self, ConnReader, ConnWriter, Incoming, Listener};
 use crate::wire::WriteDesc;
 use crossbeam::channel::{bounded, Receiver, Sender};
@@ -184,6 +184,9 @@ struct Shared {
     me: u32,
     layout: Arc<ModelLayout>,
     region: Arc<Region>,
+    /// The whole region, claimed for the executor's life (for writing unless it is read-only):
+    /// inside it the slot states say who may touch which block (see the module docs).
+    claim: Claim,
     peers: Vec<SocketAddr>,
     secret: Secret,
     timeout_ms: u64,
@@ -489,13 +492,13 @@ impl Executor {
         cfg.region.check(MODEL_REGION, 0, end).map_err(|_| {
             Error::Region(format!("the model ends at byte {end}; the region has {} bytes", cfg.region.len()))
         })?;
+        let access = if cfg.region.read_only() { Access::Read } else { Access::Write };
+        let claim = cfg.region.claim(MODEL_REGION, 0, cfg.region.len() as u64, access)?;
         let slots: Vec<Slot> = (0..nb).map(|_| Slot::new(MISSING)).collect();
         let mut held = 0;
         for (b, tb) in cfg.layout.transfer_blocks.iter().enumerate() {
             if plan.initial.holds(cfg.node as usize, b) {
-                let range = cfg.region.check(MODEL_REGION, tb.offset, tb.len)?;
-                // SAFETY: nothing writes the region before the executor starts its threads.
-                let crc = crc32c::crc32c(unsafe { cfg.region.host_bytes(range)? });
+                let crc = crc32c::crc32c(&claim.bytes()?[tb.offset as usize..(tb.offset + tb.len) as usize]);
                 if crc != tb.crc32c {
                     return Err(Error::Multicast(format!(
                         "node {} should hold block {b} but its crc32c is {crc:08x}, the layout says {:08x}",
@@ -522,6 +525,7 @@ impl Executor {
             me: cfg.node,
             layout: cfg.layout,
             region: cfg.region,
+            claim,
             peers: cfg.peers,
             secret: cfg.secret,
             timeout_ms: cfg.timeout_ms,
@@ -608,6 +612,25 @@ impl Executor {
 
     pub fn holds(&self, block: u32) -> bool {
         (block as usize) < self.shared.slots.len() && self.shared.is_held(block)
+    }
+
+    /// Bytes `[offset, offset + len)` of the model, once every transfer block overlapping them is
+    /// held (a held block is never written again, and bytes outside every block are never
+    /// written), so they can be read while the multicast goes on; an error naming a missing block
+    /// otherwise. This is how the owner reads the region the executor has claimed.
+    pub fn held_bytes(&self, offset: u64, len: u64) -> Result<&[u8]> {
+        let sh = &self.shared;
+        let range = sh.claim.sub(offset, len)?;
+        for (b, tb) in sh.layout.transfer_blocks.iter().enumerate() {
+            let overlaps = (tb.offset as usize) < range.end && range.start < (tb.offset + tb.len) as usize;
+            if overlaps && !sh.is_held(b as u32) {
+                return Err(Error::Multicast(format!("bytes [{offset}, +{len}) include block {b}, which is not held")));
+            }
+        }
+        // SAFETY: every block in the range is held (HELD is final: never written again; the Acquire
+        // load in `is_held` pairs with the store that published it after its bytes were in place),
+        // and no byte outside every block is ever written by the executor.
+        unsafe { sh.claim.bytes_shared(offset, len) }
     }
 
     pub fn held_count(&self) -> usize {
@@ -913,13 +936,12 @@ fn forward(
             let upto = if state == HELD { len } else { (slot.landed.load(Ordering::Acquire) as usize).min(len) };
             if upto > sent && (upto - sent >= FORWARD_MIN_BYTES || upto == len) {
                 let end = upto.min(sent + FORWARD_MAX_BYTES);
-                let part = range.start + sent..range.start + end;
-                // SAFETY: `part` lies below the landed watermark of the attempt we hold a lease on
+                // SAFETY: bytes `[sent, end)` of the block lie below the landed watermark of the attempt we hold a lease on
                 // (or the block is held): those bytes are in place (the reader published the
                 // watermark with Release after they landed, we read it with Acquire) and nothing
                 // writes them while the lease lives (a failed landing's bytes are rewritten only
                 // after a reset, which waits for every lease; a held block is never rewritten).
-                let bytes = unsafe { sh.region.host_bytes(part)? };
+                let bytes = unsafe { sh.claim.bytes_shared((range.start + sent) as u64, (end - sent) as u64)? };
                 match flip_at {
                     Some(m) if (sent..end).contains(&m) => {
                         let mut copy = bytes.to_vec();
@@ -1232,14 +1254,17 @@ fn on_write(sh: &Arc<Shared>, peer: u32, d: WriteDesc, r: &mut ConnReader, w: &C
             sh.bump();
         }
     };
-    if let Err(e) = r.land_progress(&sh.region, MODEL_REGION, early, near_end, progress) {
+    // SAFETY: this thread moved the block MISSING → LANDING, so it is the block's only writer until
+    // it leaves LANDING (below, on this thread); the write's bytes are the block's (checked against
+    // the layout above). Forwarders read only below `landed`, which `progress` publishes (Release)
+    // after the bytes are in place, and read it with Acquire.
+    if let Err(e) = unsafe { r.land_shared(&sh.claim, early, near_end, progress) } {
         sh.void_block(b);
         return Err(e);
     }
-    let range = sh.region.check(MODEL_REGION, tb.offset, tb.len)?;
-    // SAFETY: this thread claimed the block (LANDING) and every byte has landed; forwarders only
-    // read it, so no one writes the range while we read it.
-    let crc = crc32c::crc32c(unsafe { sh.region.host_bytes(range)? });
+    // SAFETY: the block is still LANDING (ours) and every byte has landed; forwarders only read
+    // it, so no one writes the range while we read it.
+    let crc = crc32c::crc32c(unsafe { sh.claim.bytes_shared(tb.offset, tb.len)? });
     if crc == tb.crc32c {
         sh.lock().offers.remove(&b);
         sh.mark_held(b);

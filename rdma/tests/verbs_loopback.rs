@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use rdma::verbs::{
-    self, sys, Access, CompletionQueue, Context, Endpoint, MemoryKind, MemoryRegion, ProtectionDomain, QpConfig,
-    QueuePair, RemoteRegion, WorkCompletion,
+    self, sys, Access, CompletionQueue, Context, MemoryKind, MemoryRegion, ProtectionDomain, QpConfig, QueuePair,
+    RemoteRegion, VerbsEndpoint, WorkCompletion,
 };
 
 const BLOCK_BYTES: usize = 1 << 20;
@@ -43,8 +43,8 @@ fn loopback_write_with_immediate_per_block() {
     let mut a = QueuePair::new(&pd, &cq_a, &cq_a, port.info.port, None, cfg).expect("qp a");
     let mut b = QueuePair::new(&pd, &cq_b, &cq_b, port.info.port, None, cfg).expect("qp b");
     // What the bootstrap channel would carry.
-    let end_a = Endpoint::from_bytes(&a.endpoint(None).to_bytes()).expect("decode a");
-    let end_b = Endpoint::from_bytes(&b.endpoint(Some(&mr_dst)).to_bytes()).expect("decode b");
+    let end_a = VerbsEndpoint::from_bytes(&a.endpoint(None).to_bytes()).expect("decode a");
+    let end_b = VerbsEndpoint::from_bytes(&b.endpoint(Some(&mr_dst)).to_bytes()).expect("decode b");
 
     b.to_init().unwrap();
     for i in 0..BLOCKS {

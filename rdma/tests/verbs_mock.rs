@@ -11,8 +11,8 @@ use proptest::prelude::*;
 use rdma::tcp::{self, Conn};
 use rdma::verbs::sys::{self, LoadError};
 use rdma::verbs::{
-    self, Access, CompletionQueue, Context, Endpoint, LinkConfig, LinkEvent, MemoryKind, MemoryRegion, Probe,
-    ProtectionDomain, QpConfig, QpState, QueuePair, RemoteRegion, VerbsError, VerbsLink, WorkCompletion,
+    self, Access, CompletionQueue, Context, LinkConfig, LinkEvent, MemoryKind, MemoryRegion, Probe, ProtectionDomain,
+    QpConfig, QpState, QueuePair, RemoteRegion, VerbsEndpoint, VerbsError, VerbsLink, WorkCompletion,
 };
 use rdma::{Error, Secret};
 
@@ -96,8 +96,8 @@ fn pair_with(port: u8, recvs: u64, cfg: QpConfig) -> Pair {
     let source = Buffer::new(&pd, SOURCE_BYTES, |i| (i * 7 + i / 251) as u8, Access::LOCAL);
     let wire_a = a.qp.endpoint(Some(&a.landing.mr)).to_bytes();
     let wire_b = b.qp.endpoint(Some(&b.landing.mr)).to_bytes();
-    let end_a = Endpoint::from_bytes(&wire_a).unwrap();
-    let end_b = Endpoint::from_bytes(&wire_b).unwrap();
+    let end_a = VerbsEndpoint::from_bytes(&wire_a).unwrap();
+    let end_b = VerbsEndpoint::from_bytes(&wire_b).unwrap();
     b.qp.to_init().unwrap();
     for i in 0..recvs {
         b.qp.post_recv(100 + i).unwrap();
@@ -376,7 +376,7 @@ fn a_write_without_a_posted_receive_is_receiver_not_ready() {
 #[test]
 fn a_wrong_psn_or_gid_or_qpn_never_arrives() {
     let Some(_g) = setup() else { return };
-    type Tamper = fn(&mut Endpoint);
+    type Tamper = fn(&mut VerbsEndpoint);
     let cases: [(&str, Tamper); 3] =
         [("psn", |e| e.psn = (e.psn + 1) & 0xff_ffff), ("gid", |e| e.gid[15] ^= 1), ("qpn", |e| e.qpn ^= 0x40)];
     for (what, tamper) in cases {
@@ -390,8 +390,8 @@ fn a_wrong_psn_or_gid_or_qpn_never_arrives() {
         let mut end_b = b.qp.endpoint(Some(&b.landing.mr));
         tamper(&mut end_a);
         tamper(&mut end_b);
-        let end_a = Endpoint::from_bytes(&end_a.to_bytes()).unwrap();
-        let end_b = Endpoint::from_bytes(&end_b.to_bytes()).unwrap();
+        let end_a = VerbsEndpoint::from_bytes(&end_a.to_bytes()).unwrap();
+        let end_b = VerbsEndpoint::from_bytes(&end_b.to_bytes()).unwrap();
         b.qp.to_init().unwrap();
         b.qp.post_recv(1).unwrap();
         b.qp.connect(&end_a).unwrap();
@@ -680,7 +680,7 @@ fn a_bad_bootstrap_message_is_refused_with_its_reason() {
     // A valid endpoint whose QP never connects back, then something other than the ready message.
     let ((sent, _cb), (r, _ca)) = bootstrap(
         |c| {
-            let e = Endpoint {
+            let e = VerbsEndpoint {
                 qpn: 0x123,
                 psn: 2,
                 lid: 0,

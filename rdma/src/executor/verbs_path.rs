@@ -32,6 +32,18 @@ pub struct VerbsConfig {
     pub link: LinkConfig,
 }
 
+impl VerbsConfig {
+    /// The configuration the coordinator's setup names (`control::Transport`), `None` for TCP.
+    pub fn from_transport(t: &crate::control::Transport) -> Option<VerbsConfig> {
+        match t {
+            crate::control::Transport::Tcp => None,
+            crate::control::Transport::Verbs { device, port } => {
+                Some(VerbsConfig { device: device.clone(), link: LinkConfig { port: *port, ..LinkConfig::default() } })
+            }
+        }
+    }
+}
+
 /// A receiver's completion poller sleeps this long when its queue is empty.
 const IDLE_POLL: Duration = Duration::from_micros(50);
 /// ... and checks whether its peer was declared dead every this many empty polls (about 50 ms).
@@ -172,15 +184,16 @@ pub(super) fn send(sh: &Shared, v: &VerbsData, t: &Transfer, tag: u64, corrupt: 
     let mut link = link.lock().unwrap_or_else(|p| p.into_inner());
     let (src, src_offset) = match (&v.scratch, &v._scratch_bytes) {
         (Some(mr), Some(_)) if corrupt => {
-            let range = sh.region.check(MODEL_REGION, tb.offset, tb.len)?;
-            // SAFETY: the block is held (never rewritten); the scratch buffer is ours, registered
-            // over `_scratch_bytes`, and no write from it is in flight (each send waits for its
-            // completion); it is at least one block long (sized so at start).
+            // SAFETY: the block is held, and a held block is never written again.
+            let bytes = unsafe { sh.claim.bytes_shared(tb.offset, tb.len)? };
+            let dst = mr.addr() as *mut u8;
+            // SAFETY: the scratch buffer is ours, registered over `_scratch_bytes`, at least one
+            // block long (sized so at start), not the region (no overlap), and nothing reads or
+            // writes it now: no write from it is in flight (each send waits for its completion).
+            // Written through the raw pointer; no reference to it is made.
             unsafe {
-                let bytes = sh.region.host_bytes(range)?;
-                let dst = std::slice::from_raw_parts_mut(mr.addr() as *mut u8, bytes.len());
-                dst.copy_from_slice(bytes);
-                dst[bytes.len() / 2] ^= 0x10;
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+                *dst.add(bytes.len() / 2) ^= 0x10;
             }
             log::warn!("node {}: test hook: flipping a bit of transfer {} (block {}) in flight", sh.me, t.id, t.block);
             (mr, 0usize)
@@ -287,7 +300,7 @@ fn poll_loop(sh: &Arc<Shared>, peer: u32, mut link: VerbsLink, w: &ConnWriter, g
             }
             Ok(0) => {
                 idle += 1;
-                if idle % DEAD_CHECK_POLLS == 0 && sh.lock().dead.get(peer as usize).copied().unwrap_or(true) {
+                if idle.is_multiple_of(DEAD_CHECK_POLLS) && sh.lock().dead.get(peer as usize).copied().unwrap_or(true) {
                     break;
                 }
                 std::thread::sleep(IDLE_POLL);
@@ -390,10 +403,9 @@ fn arrived(sh: &Shared, peer: u32, id: u32, len: u32, w: &ConnWriter) -> Result<
         release(sh, b);
         return Err(bad(format!("transfer {id} wrote {len} bytes; block {b} has {}", tb.len)));
     }
-    let range = sh.region.check(MODEL_REGION, tb.offset, tb.len)?;
     // SAFETY: the block is claimed for this write, which has completed; nobody else may write it
     // until the claim ends (below, on this thread).
-    let crc = crc32c::crc32c(unsafe { sh.region.host_bytes(range)? });
+    let crc = crc32c::crc32c(unsafe { sh.claim.bytes_shared(tb.offset, tb.len)? });
     if crc == tb.crc32c {
         sh.mark_held(b);
         return Ok(());
