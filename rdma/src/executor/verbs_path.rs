@@ -12,7 +12,9 @@
 //! destroyed first, so nothing more can land). Writes come only from held, verified copies: the
 //! data path stores and forwards (plans for it use `Forwarding::StoreAndForward`).
 
-use super::{report_protocol, split_tag, Shared, HELD, LANDING, MAX_REFETCHES, MISSING, MODEL_REGION};
+use super::receiving::{describe, report_protocol};
+use super::slots::SlotState;
+use super::{split_tag, Shared, MAX_REFETCHES, MODEL_REGION};
 use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::region::{MemKind, Region};
@@ -156,7 +158,7 @@ pub(super) fn claim(
         return old == tag;
     }
     let slot = &sh.slots[t.block as usize];
-    if slot.state.compare_exchange(MISSING, LANDING, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+    if !slot.transition(SlotState::Missing, SlotState::Landing) {
         return false;
     }
     slot.landed.store(0, Ordering::Relaxed);
@@ -167,8 +169,8 @@ pub(super) fn claim(
 /// Ends a claim without a landing: the block is missing again and may be granted to anyone.
 fn release(sh: &Shared, b: u32) {
     let slot = &sh.slots[b as usize];
-    if slot.state.compare_exchange(LANDING, MISSING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-        slot.attempt.fetch_add(1, Ordering::Relaxed);
+    if slot.transition(SlotState::Landing, SlotState::Missing) {
+        slot.next_attempt();
     }
     sh.bump();
 }
@@ -270,10 +272,7 @@ pub(super) fn serve(sh: &Arc<Shared>, peer: u32, link: VerbsLink, mut conn: Conn
             Ok(crate::tcp::Incoming::Close(_)) => break,
             Ok(other) => Err(Error::Protocol {
                 peer: format!("node {peer}"),
-                reason: format!(
-                    "only declines may come over TCP on a verbs data connection, got {}",
-                    super::describe(&other)
-                ),
+                reason: format!("only declines may come over TCP on a verbs data connection, got {}", describe(&other)),
             }),
             Err(e) => Err(e),
         };
@@ -338,7 +337,7 @@ fn poll_loop(sh: &Arc<Shared>, peer: u32, mut link: VerbsLink, w: &ConnWriter, g
 fn release_peer(sh: &Shared, peer: u32) {
     let blocks: Vec<u32> = {
         let mut st = sh.lock();
-        st.verbs_links.remove(&peer);
+        st.recv.verbs_links.remove(&peer);
         take_claims(&mut st, peer)
     };
     for b in blocks {
@@ -349,8 +348,8 @@ fn release_peer(sh: &Shared, peer: u32) {
 }
 
 fn take_claims(st: &mut super::State, peer: u32) -> Vec<u32> {
-    let mine: Vec<(u32, u32)> = st.claims.keys().filter(|k| k.0 == peer).copied().collect();
-    mine.iter().filter_map(|k| st.claims.remove(k)).map(|(_, b)| b).collect()
+    let mine: Vec<(u32, u32)> = st.recv.claims.keys().filter(|k| k.0 == peer).copied().collect();
+    mine.iter().filter_map(|k| st.recv.claims.remove(k)).map(|(_, b)| b).collect()
 }
 
 /// `peer` was declared dead. With no link up it can never write (a link set up later is refused,
@@ -359,10 +358,10 @@ fn take_claims(st: &mut super::State, peer: u32) -> Vec<u32> {
 pub(super) fn peer_dead(sh: &Shared, peer: u32) {
     let blocks = {
         let mut st = sh.lock();
-        if st.verbs_links.contains(&peer) {
+        if st.recv.verbs_links.contains(&peer) {
             return;
         }
-        st.pending_grants.remove(&peer);
+        st.grants.pending_grants.remove(&peer);
         take_claims(&mut st, peer)
     };
     for b in blocks {
@@ -375,9 +374,9 @@ fn declined(sh: &Shared, peer: u32, tag: u64) {
     let (_, id) = split_tag(tag);
     let block = {
         let mut st = sh.lock();
-        match st.claims.get(&(peer, id)) {
+        match st.recv.claims.get(&(peer, id)) {
             Some(&(t, b)) if t == tag => {
-                st.claims.remove(&(peer, id));
+                st.recv.claims.remove(&(peer, id));
                 Some(b)
             }
             _ => None,
@@ -395,6 +394,7 @@ fn arrived(sh: &Shared, peer: u32, id: u32, len: u32, w: &ConnWriter) -> Result<
     let bad = |reason: String| Error::Protocol { peer: format!("node {peer}"), reason };
     let (tag, b) = sh
         .lock()
+        .recv
         .claims
         .remove(&(peer, id))
         .ok_or_else(|| bad(format!("an RDMA write of transfer {id} that we did not grant")))?;
@@ -413,8 +413,8 @@ fn arrived(sh: &Shared, peer: u32, id: u32, len: u32, w: &ConnWriter) -> Result<
     let reason = format!("block {b} crc32c {crc:08x}, expected {:08x}", tb.crc32c);
     let count = {
         let mut st = sh.lock();
-        st.refetched += 1;
-        let c = st.nacks.entry(tag).or_insert(0);
+        st.recv.refetched += 1;
+        let c = st.recv.nacks.entry(tag).or_insert(0);
         *c += 1;
         *c
     };
@@ -427,9 +427,9 @@ fn arrived(sh: &Shared, peer: u32, id: u32, len: u32, w: &ConnWriter) -> Result<
     let slot = &sh.slots[b as usize];
     let again = {
         let mut st = sh.lock();
-        slot.attempt.fetch_add(1, Ordering::Relaxed);
-        if slot.state.load(Ordering::SeqCst) == LANDING {
-            st.claims.insert((peer, id), (tag, b));
+        slot.next_attempt();
+        if slot.state(Ordering::SeqCst) == SlotState::Landing {
+            st.recv.claims.insert((peer, id), (tag, b));
             true
         } else {
             false
@@ -438,7 +438,7 @@ fn arrived(sh: &Shared, peer: u32, id: u32, len: u32, w: &ConnWriter) -> Result<
     sh.bump();
     if again {
         w.control(&Control::Nack { tag, reason })?;
-    } else if slot.state.load(Ordering::SeqCst) != HELD {
+    } else if slot.state(Ordering::SeqCst) != SlotState::Held {
         release(sh, b);
     }
     Ok(())
