@@ -13,6 +13,35 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What a landed copy whose checksum failed counts as (`RecvState::failed_copy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FailedCopy {
+    /// The sender said its copy was void (it failed upstream while it forwarded it): not the
+    /// sender's fault, not a refetch; `count` voids of this write so far (more than `MAX_VOIDS`:
+    /// the sender is dead).
+    Void { count: u32 },
+    /// The sender vouched for its copy: corrupted on this hop, a refetch; `count` of this write so
+    /// far (more than `MAX_REFETCHES`: the sender is dead).
+    Corrupt { count: u32 },
+}
+
+impl RecvState {
+    /// Counts a copy of write `tag` whose checksum failed here, `sender_ok` its verdict. Either
+    /// way the write is asked for again (`Nack`) unless its count is past the bound.
+    pub(super) fn failed_copy(&mut self, tag: u64, sender_ok: bool) -> FailedCopy {
+        if sender_ok {
+            self.refetched += 1;
+            let c = self.nacks.entry(tag).or_insert(0);
+            *c += 1;
+            FailedCopy::Corrupt { count: *c }
+        } else {
+            let c = self.voids.entry(tag).or_insert(0);
+            *c += 1;
+            FailedCopy::Void { count: *c }
+        }
+    }
+}
+
 /// The receiver's state.
 #[derive(Default)]
 pub(super) struct RecvState {
@@ -226,34 +255,23 @@ fn on_write(sh: &Arc<Shared>, peer: u32, d: WriteDesc, r: &mut ConnReader, w: &C
     sh.void_block(b);
     let sender_ok = expect_verdict(peer, r, d.tag)?;
     let reason = format!("block {b} crc32c {crc:08x}, expected {:08x}", tb.crc32c);
-    if !sender_ok {
-        // The sender forwarded a copy that failed upstream of it and said so: not its fault, not a
-        // refetch of ours; it sends again once it holds a verified copy.
-        let count = {
-            let mut st = sh.lock();
-            let c = st.recv.voids.entry(d.tag).or_insert(0);
-            *c += 1;
-            *c
-        };
-        log::info!("node {}: from node {peer}: a void copy ({reason}); asking again", sh.me);
-        if count > MAX_VOIDS {
-            return Err(bad(format!("write {:#x} arrived void {count} times", d.tag)));
+    let failed = sh.lock().recv.failed_copy(d.tag, sender_ok);
+    match failed {
+        FailedCopy::Void { count } => {
+            log::info!("node {}: from node {peer}: a void copy ({reason}); asking again", sh.me);
+            if count > MAX_VOIDS {
+                return Err(bad(format!("write {:#x} arrived void {count} times", d.tag)));
+            }
+            w.control(&Control::Nack { tag: d.tag, reason: format!("{reason}: your copy was void") })?;
         }
-        w.control(&Control::Nack { tag: d.tag, reason: format!("{reason}: your copy was void") })?;
-        return Ok(());
+        FailedCopy::Corrupt { count } => {
+            log::warn!("node {}: from node {peer}: {reason}; asking again ({count} of {MAX_REFETCHES})", sh.me);
+            if count > MAX_REFETCHES {
+                return Err(bad(format!("{reason}, {count} times")));
+            }
+            w.control(&Control::Nack { tag: d.tag, reason })?;
+        }
     }
-    let count = {
-        let mut st = sh.lock();
-        st.recv.refetched += 1;
-        let c = st.recv.nacks.entry(d.tag).or_insert(0);
-        *c += 1;
-        *c
-    };
-    log::warn!("node {}: from node {peer}: {reason}; asking again ({count} of {MAX_REFETCHES})", sh.me);
-    if count > MAX_REFETCHES {
-        return Err(bad(format!("{reason}, {count} times")));
-    }
-    w.control(&Control::Nack { tag: d.tag, reason })?;
     Ok(())
 }
 

@@ -243,14 +243,10 @@ fn forward(
         let seen = sh.progress_seen();
         {
             let _lease = sh.lease(b);
-            let state = slot.state(Ordering::SeqCst);
-            let a = slot.attempt();
-            if !matches!(state, SlotState::Held | SlotState::Landing) || *attempt.get_or_insert(a) != a {
+            let Some(upto) = slot.forwardable_prefix(&mut attempt, len) else {
                 void = true;
                 continue;
-            }
-            let upto =
-                if state == SlotState::Held { len } else { (slot.landed.load(Ordering::Acquire) as usize).min(len) };
+            };
             if upto > sent && (upto - sent >= FORWARD_MIN_BYTES || upto == len) {
                 let end = upto.min(sent + FORWARD_MAX_BYTES);
                 // SAFETY: bytes `[sent, end)` of the block lie below the landed watermark of the attempt we hold a lease on
@@ -286,13 +282,8 @@ fn forward(
     // Everything went out; the verdict is this node's own check of the same landing.
     loop {
         let seen = sh.progress_seen();
-        let state = slot.state(Ordering::SeqCst);
-        let a = slot.attempt();
-        if attempt.is_some_and(|x| x != a) || !matches!(state, SlotState::Held | SlotState::Landing) {
-            return Ok(false);
-        }
-        if state == SlotState::Held {
-            return Ok(true);
+        if let Some(ok) = slot.verdict(attempt) {
+            return Ok(ok);
         }
         if sh.stop.load(Ordering::Acquire) {
             return Err(stopped());

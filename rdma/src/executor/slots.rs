@@ -113,6 +113,29 @@ impl Slot {
         self.set(SlotState::Missing, Ordering::SeqCst);
         true
     }
+
+    /// Under a lease: how many bytes of a `len`-byte block a forwarder may send now (the landed
+    /// prefix, all of it once held), or `None` when the copy it forwards is void (the landing
+    /// failed, or was reset since the forwarder's first look, which set `attempt`).
+    pub(super) fn forwardable_prefix(&self, attempt: &mut Option<u32>, len: usize) -> Option<usize> {
+        let state = self.state(Ordering::SeqCst);
+        let a = self.attempt();
+        if !matches!(state, SlotState::Held | SlotState::Landing) || *attempt.get_or_insert(a) != a {
+            return None;
+        }
+        Some(if state == SlotState::Held { len } else { (self.landed.load(Ordering::Acquire) as usize).min(len) })
+    }
+
+    /// Once a forwarder sent a whole block of landing `attempt`: its verdict, `Some(true)` once
+    /// that landing is held, `Some(false)` when it failed (or was replaced), `None` while it lands.
+    pub(super) fn verdict(&self, attempt: Option<u32>) -> Option<bool> {
+        let state = self.state(Ordering::SeqCst);
+        let a = self.attempt();
+        if attempt.is_some_and(|x| x != a) || !matches!(state, SlotState::Held | SlotState::Landing) {
+            return Some(false);
+        }
+        (state == SlotState::Held).then_some(true)
+    }
 }
 
 /// See `Shared::lease`.
