@@ -733,8 +733,9 @@ fn a_link_carries_blocks_between_two_threads() {
     let Some(_g) = setup() else { return };
     const BLOCK: usize = 128;
     const BLOCKS: usize = LANDING_BYTES / BLOCK;
-    // A receiver descheduled for a while must not fail the writer: an RNR window of 6 × 10.24 ms.
-    let cfg = QpConfig { max_send_wr: LINK_DEPTH, max_recv_wr: LINK_DEPTH, min_rnr_timer: 20, ..QpConfig::default() };
+    // A receiver descheduled for a while must not fail the writer: an RNR window of 6 × 40.96 ms
+    // (about 250 ms: on a loaded 2-core machine 6 × 10.24 ms was too short for a descheduled reader).
+    let cfg = QpConfig { max_send_wr: LINK_DEPTH, max_recv_wr: LINK_DEPTH, min_rnr_timer: 24, ..QpConfig::default() };
     let ((b, _cb), (a, _ca)) =
         bootstrap(move |c| link_side_with(c, ROCE_PORT_B, 3, cfg), |c| link_side_with(c, ROCE_PORT, 4, cfg));
     let (mut a, mut b) = (a.unwrap(), b.unwrap());
