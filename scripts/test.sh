@@ -12,6 +12,8 @@ export CARGO_INCREMENTAL=0
 bash scripts/gen_ptx.sh --check
 # The verbs layout test must not skip here: setup.sh installed rdma-core's headers.
 export FAASCALE_REQUIRE_VERBS_HEADERS=1
+# The network-namespace tests must not skip either: CI runs as root with iproute2 and tc.
+export FAASCALE_REQUIRE_NETNS=1
 cargo build --workspace --all-targets
 # Lints, with every unsafe block documented and unsafe operations in unsafe functions in blocks of
 # their own (the crates also deny both in their roots).

@@ -72,19 +72,6 @@ pub enum Transport {
     },
 }
 
-impl Transport {
-    /// The executor's verbs configuration, `None` for TCP.
-    pub fn verbs_config(&self) -> Option<crate::executor::VerbsConfig> {
-        match self {
-            Transport::Tcp => None,
-            Transport::Verbs { device, port } => Some(crate::executor::VerbsConfig {
-                device: device.clone(),
-                link: crate::verbs::LinkConfig { port: *port, ..crate::verbs::LinkConfig::default() },
-            }),
-        }
-    }
-}
-
 /// One control message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

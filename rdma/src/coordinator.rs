@@ -38,7 +38,9 @@ pub struct CoordinatorConfig {
 /// What happened.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// Every surviving receiver held every block with every checksum matched.
+    /// At least one receiver survived, and every *surviving* receiver held every block with its
+    /// checksum matched. Receivers declared dead (`dead`) are not counted: a run where some
+    /// receivers died can still be `verified`; check `dead` as well.
     pub verified: bool,
     pub complete_s: f64,
     pub first_copy_s: f64,

@@ -21,6 +21,9 @@ pub enum Error {
     Bounds { region: u32, offset: u64, len: u64, region_len: u64 },
     /// A region this backend cannot use (for instance device memory over TCP).
     Region(String),
+    /// A claim on a region's bytes was refused (they overlap another claim, or the region has too
+    /// many), or a write names bytes outside the claim it lands in.
+    Claim(String),
     /// The cluster secret could not be loaded or is too short.
     Secret(String),
     /// A control message arrived that the protocol does not allow here.
@@ -31,6 +34,9 @@ pub enum Error {
     Channel(String),
     /// Spawning or waiting for a worker process failed.
     Process { op: &'static str, err: io::Error },
+    /// The transport the setup asks for cannot run here (`backend::select`: verbs without an
+    /// active port).
+    Transport(String),
     /// A verbs (RDMA) call failed.
     Verbs(crate::verbs::VerbsError),
 }
@@ -52,11 +58,13 @@ impl fmt::Display for Error {
                 "bytes [{offset}, +{len}) are outside region {region} ({region_len} bytes) or the region is not registered"
             ),
             Error::Region(m) => write!(f, "region: {m}"),
+            Error::Claim(m) => write!(f, "region claim: {m}"),
             Error::Secret(m) => write!(f, "cluster secret: {m}"),
             Error::Protocol { peer, reason } => write!(f, "peer {peer}: protocol error: {reason}"),
             Error::Multicast(m) => write!(f, "multicast: {m}"),
             Error::Channel(m) => write!(f, "channel: {m}"),
             Error::Process { op, err } => write!(f, "{op}: {err}"),
+            Error::Transport(m) => write!(f, "transport: {m}"),
             Error::Verbs(e) => write!(f, "{e}"),
         }
     }

@@ -38,19 +38,24 @@
 use crate::auth::Secret;
 use crate::control::Control;
 use crate::error::{Error, Result};
-use crate::region::Region;
-use crate::tcp::{self, ConnReader, ConnWriter, Incoming, Listener};
+use crate::region::{Access, Claim, Region};
+use crate::tcp::{ConnReader, ConnWriter, Incoming, Listener};
 use crate::wire::WriteDesc;
 use crossbeam::channel::{bounded, Receiver, Sender};
 use planner::{Endpoint, ModelLayout, MulticastPlan};
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+mod grants;
+mod receiving;
+mod sending;
+#[cfg(test)]
+mod sim;
+mod slots;
 mod verbs_path;
+use slots::{Slot, SlotState};
 pub use verbs_path::VerbsConfig;
 
 /// Times one transfer may fail its checksum before its sender is reported dead.
@@ -85,37 +90,6 @@ const FORWARD_POLL_MS: u64 = 50;
 /// What a forwarder sends for the rest of a write whose copy went void.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
-const MISSING: u8 = 0;
-const LANDING: u8 = 1;
-const HELD: u8 = 2;
-/// The landing failed; the bytes wait for the last forwarder's lease to go before they are reused.
-const VOID: u8 = 3;
-/// One thread is turning a VOID block back into a MISSING one.
-const RESETTING: u8 = 4;
-
-/// One transfer block's state on this node (see the module docs).
-struct Slot {
-    state: AtomicU8,
-    /// Bytes of the current landing in the region (a prefix of the block); set by the landing
-    /// reader with `Release` after the bytes are in place, read by forwarders with `Acquire`.
-    landed: AtomicU64,
-    /// Bumped by every reset: a forwarder's copy is current while the attempt it started on is.
-    attempt: AtomicU32,
-    /// Forwarders reading the landed prefix now (leases).
-    readers: AtomicU32,
-}
-
-impl Slot {
-    fn new(state: u8) -> Slot {
-        Slot {
-            state: AtomicU8::new(state),
-            landed: AtomicU64::new(0),
-            attempt: AtomicU32::new(0),
-            readers: AtomicU32::new(0),
-        }
-    }
-}
-
 /// What the executor tells its owner (the worker, which tells the coordinator).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -145,45 +119,23 @@ pub struct ExecConfig {
     pub verbs: Option<VerbsConfig>,
 }
 
+/// Everything the executor's threads share under one lock, by role.
 struct State {
     epoch: u64,
     plans: Vec<Arc<MulticastPlan>>,
-    retransmit: VecDeque<u64>,
     dead: Vec<bool>,
-    corrupt: HashSet<u32>,
-    nacks: HashMap<u64, u32>,
-    /// Receiver side: void writes (their sender's copy failed while it forwarded them), by tag.
-    voids: HashMap<u64, u32>,
-    refetched: u32,
-    out: HashMap<u32, ConnWriter>,
-    /// Offers of a block drained while another peer was landing it: (peer's writer, tag).
-    offers: HashMap<u32, Vec<(ConnWriter, u64)>>,
-    incoming: Vec<ConnWriter>,
-    /// Sender side: writes the receivers said they are ready for.
-    credits: HashSet<u64>,
-    /// Sender side: writes the receivers said they do not need (they hold the block already).
-    skips: HashSet<u64>,
-    /// Sender side: the last write sent (receiver, tag, when) until its receiver says `Almost`:
-    /// the next write to another receiver waits for it, so the uplink carries one stream at a
-    /// time (the socket buffer would otherwise let two transfers share it, and both arrive late).
-    awaiting: Option<(u32, u64, Instant)>,
-    /// Receiver side: position in this epoch's receive list, the grant outstanding.
-    recv_idx: usize,
-    recv_epoch: u64,
-    granted: HashSet<u64>,
-    /// Receiver side: each sender's incoming connection (where grants go), and grants waiting for one.
-    incoming_by_node: HashMap<u32, ConnWriter>,
-    pending_grants: HashMap<u32, Vec<Control>>,
-    /// Receiver side over verbs: blocks claimed for a peer's write, (peer, transfer id) → (tag, block).
-    claims: HashMap<(u32, u32), (u64, u32)>,
-    /// Receiver side over verbs: peers whose link is up (their poller releases their claims).
-    verbs_links: HashSet<u32>,
+    send: sending::SendState,
+    recv: receiving::RecvState,
+    grants: grants::GrantState,
 }
 
 struct Shared {
     me: u32,
     layout: Arc<ModelLayout>,
     region: Arc<Region>,
+    /// The whole region, claimed for the executor's life (for writing unless it is read-only):
+    /// inside it the slot states say who may touch which block (see the module docs).
+    claim: Claim,
     peers: Vec<SocketAddr>,
     secret: Secret,
     timeout_ms: u64,
@@ -219,100 +171,9 @@ fn split_tag(tag: u64) -> (u64, u32) {
     (tag >> 32, tag as u32)
 }
 
-/// See `Shared::lease`.
-struct Lease<'a> {
-    sh: &'a Shared,
-    b: u32,
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        let s = &self.sh.slots[self.b as usize];
-        if s.readers.fetch_sub(1, Ordering::SeqCst) == 1 && s.state.load(Ordering::SeqCst) == VOID {
-            self.sh.reset_block(self.b);
-        }
-    }
-}
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn is_held(&self, b: u32) -> bool {
-        self.slots[b as usize].state.load(Ordering::Acquire) == HELD
-    }
-
-    /// Whether a send of `b` may start: held, or arriving (forwarded as it lands).
-    fn forwardable(&self, b: u32) -> bool {
-        match self.slots[b as usize].state.load(Ordering::Acquire) {
-            HELD => true,
-            // over verbs a block moves on only once all of it is here and verified
-            LANDING => self.verbs.is_none(),
-            _ => false,
-        }
-    }
-
-    /// Wakes forwarders waiting for landing progress or a block's verdict.
-    fn bump(&self) {
-        let mut g = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        *g = g.wrapping_add(1);
-        drop(g);
-        self.progress_cv.notify_all();
-    }
-
-    fn progress_seen(&self) -> u64 {
-        *self.progress.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits at most `max` for a `bump` after `seen` was read.
-    fn wait_progress(&self, seen: u64, max: Duration) {
-        let g = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        if *g == seen {
-            let _ = self.progress_cv.wait_timeout(g, max);
-        }
-    }
-
-    /// A lease on block `b`'s bytes: while it lives, a VOID block is not reset (its bytes are not
-    /// rewritten). Check the state after taking it (the SeqCst increment pairs with the SeqCst
-    /// store of VOID and load of `readers` in `void_block`: one of the two sees the other).
-    fn lease(&self, b: u32) -> Lease<'_> {
-        self.slots[b as usize].readers.fetch_add(1, Ordering::SeqCst);
-        Lease { sh: self, b }
-    }
-
-    /// The landing of `b` failed: its bytes are void. Reset at once if nobody forwards them,
-    /// otherwise the last lease resets it.
-    fn void_block(&self, b: u32) {
-        let s = &self.slots[b as usize];
-        s.state.store(VOID, Ordering::SeqCst);
-        if s.readers.load(Ordering::SeqCst) == 0 {
-            self.reset_block(b);
-        }
-        self.bump();
-    }
-
-    /// VOID → MISSING (once, by whoever gets there first), then asks peers whose offers of `b`
-    /// were drained meanwhile to send it again.
-    fn reset_block(&self, b: u32) {
-        let s = &self.slots[b as usize];
-        if s.state.compare_exchange(VOID, RESETTING, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-            return;
-        }
-        s.landed.store(0, Ordering::Relaxed);
-        s.attempt.fetch_add(1, Ordering::Relaxed);
-        // publishes the two stores above to whoever sees MISSING (and then claims the block)
-        s.state.store(MISSING, Ordering::SeqCst);
-        self.ask_offers_again(b);
-        self.bump();
-    }
-
-    /// A landing of `b` failed: ask the peers whose offers were drained meanwhile to send it again.
-    fn ask_offers_again(&self, b: u32) {
-        let offers = self.lock().offers.remove(&b).unwrap_or_default();
-        for (w, tag) in offers {
-            let _ = w.control(&Control::Nack { tag, reason: format!("block {b}: the landing it waited for failed") });
-        }
     }
 
     fn event(&self, e: Event) {
@@ -327,7 +188,7 @@ impl Shared {
         let first = {
             let mut st = self.lock();
             let d = st.dead.get_mut(node as usize).map(|d| !std::mem::replace(d, true)).unwrap_or(false);
-            if let Some(w) = st.out.remove(&node) {
+            if let Some(w) = st.send.out.remove(&node) {
                 w.abort();
             }
             d
@@ -341,113 +202,6 @@ impl Shared {
         if first {
             log::warn!("node {}: peer {node} dead: {reason}", self.me);
             self.event(Event::PeerDead { node, reason });
-        }
-    }
-
-    /// Receiver side: grants the first transfer of this epoch's receive list whose block is
-    /// missing and whose sender is alive; when `near_end` names that transfer (its last bytes are
-    /// arriving), grants the one after it instead, so the next sender starts a round trip early.
-    fn advance_grants(&self, near_end: Option<u64>) {
-        if !self.running.load(Ordering::Acquire) || self.stop.load(Ordering::Acquire) {
-            return;
-        }
-        let mut msgs: Vec<(u32, Control)> = Vec::new();
-        let send: Vec<(ConnWriter, Control)> = {
-            let mut st = self.lock();
-            if st.recv_epoch != st.epoch {
-                st.recv_epoch = st.epoch;
-                st.recv_idx = 0;
-                st.granted.clear();
-            }
-            let plan = st.plans[st.epoch as usize].clone();
-            let epoch = st.epoch;
-            let recvs = &plan.nodes[self.me as usize].recvs;
-            // Whether entry i needs no grant: its block is held (then its sender, if alive and not
-            // yet told, gets `Skip`, so its send list does not wait on us) or its sender is dead.
-            let skip = |st: &mut State, i: usize, msgs: &mut Vec<(u32, Control)>| {
-                let t = &plan.transfers[recvs[i] as usize];
-                let Endpoint::Node(from) = t.from else { return true };
-                if st.dead.get(from as usize).copied().unwrap_or(true) {
-                    return true;
-                }
-                if !self.is_held(t.block) {
-                    return false;
-                }
-                let tag = tag_of(epoch, t.id);
-                if st.granted.insert(tag) {
-                    msgs.push((from, Control::Skip { tag }));
-                }
-                true
-            };
-            loop {
-                let i = st.recv_idx;
-                if i >= recvs.len() || !skip(&mut st, i, &mut msgs) {
-                    break;
-                }
-                st.recv_idx += 1;
-            }
-            let mut j = st.recv_idx;
-            if j < recvs.len() && near_end == Some(tag_of(epoch, recvs[j])) {
-                j += 1;
-                while j < recvs.len() && skip(&mut st, j, &mut msgs) {
-                    j += 1;
-                }
-            }
-            // Over verbs nothing says "almost there" (a write arrives whole), so two transfers are
-            // granted at a time: the next sender's write is posted while the current one lands.
-            let window = if self.verbs.is_some() { 2 } else { 1 };
-            let mut granted_now = 0;
-            while j < recvs.len() && granted_now < window {
-                if granted_now > 0 && skip(&mut st, j, &mut msgs) {
-                    j += 1;
-                    continue;
-                }
-                let t = plan.transfers[recvs[j] as usize];
-                let tag = tag_of(epoch, t.id);
-                let Endpoint::Node(from) = t.from else { break };
-                if !st.granted.contains(&tag) {
-                    // over verbs the block is claimed for this write before the grant lets it land
-                    if self.verbs.is_some() && !verbs_path::claim(self, &mut st.claims, from, &t, tag) {
-                        break;
-                    }
-                    st.granted.insert(tag);
-                    msgs.push((from, Control::Go { tag }));
-                }
-                granted_now += 1;
-                j += 1;
-            }
-            let mut out = Vec::new();
-            for (from, m) in msgs.drain(..) {
-                match st.incoming_by_node.get(&from) {
-                    Some(w) => out.push((w.clone(), m)),
-                    None => st.pending_grants.entry(from).or_default().push(m),
-                }
-            }
-            out
-        };
-        for (w, m) in send {
-            let _ = w.control(&m);
-        }
-    }
-
-    /// Marks a verified block held, publishes it, wakes the sender.
-    fn mark_held(&self, b: u32) {
-        {
-            let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-            self.slots[b as usize].state.store(HELD, Ordering::SeqCst);
-            subs.retain(|s| s.try_send(b).is_ok() || !s.is_full());
-        }
-        self.bump();
-        // The event goes out before the count moves, so whoever completes the count has seen
-        // every other block's event queued first: `Done` is never ahead of a `Held`.
-        self.event(Event::Held { block: b });
-        let n = self.held.fetch_add(1, Ordering::AcqRel) + 1;
-        drop(self.lock());
-        self.cv.notify_all();
-        self.advance_grants(None);
-        if n == self.slots.len() && self.receiver {
-            let refetched = self.lock().refetched;
-            self.event(Event::Done { refetched });
         }
     }
 
@@ -489,20 +243,20 @@ impl Executor {
         cfg.region.check(MODEL_REGION, 0, end).map_err(|_| {
             Error::Region(format!("the model ends at byte {end}; the region has {} bytes", cfg.region.len()))
         })?;
-        let slots: Vec<Slot> = (0..nb).map(|_| Slot::new(MISSING)).collect();
+        let access = if cfg.region.read_only() { Access::Read } else { Access::Write };
+        let claim = cfg.region.claim(MODEL_REGION, 0, cfg.region.len() as u64, access)?;
+        let slots: Vec<Slot> = (0..nb).map(|_| Slot::new(SlotState::Missing)).collect();
         let mut held = 0;
         for (b, tb) in cfg.layout.transfer_blocks.iter().enumerate() {
             if plan.initial.holds(cfg.node as usize, b) {
-                let range = cfg.region.check(MODEL_REGION, tb.offset, tb.len)?;
-                // SAFETY: nothing writes the region before the executor starts its threads.
-                let crc = crc32c::crc32c(unsafe { cfg.region.host_bytes(range)? });
+                let crc = crc32c::crc32c(&claim.bytes()?[tb.offset as usize..(tb.offset + tb.len) as usize]);
                 if crc != tb.crc32c {
                     return Err(Error::Multicast(format!(
                         "node {} should hold block {b} but its crc32c is {crc:08x}, the layout says {:08x}",
                         cfg.node, tb.crc32c
                     )));
                 }
-                slots[b].state.store(HELD, Ordering::Relaxed);
+                slots[b].set(SlotState::Held, Ordering::Relaxed);
                 held += 1;
             }
         }
@@ -522,6 +276,7 @@ impl Executor {
             me: cfg.node,
             layout: cfg.layout,
             region: cfg.region,
+            claim,
             peers: cfg.peers,
             secret: cfg.secret,
             timeout_ms: cfg.timeout_ms,
@@ -531,25 +286,10 @@ impl Executor {
             st: Mutex::new(State {
                 epoch: plan.epoch,
                 plans: Vec::new(),
-                retransmit: VecDeque::new(),
                 dead: vec![false; n],
-                corrupt: cfg.corrupt_transfers.into_iter().collect(),
-                nacks: HashMap::new(),
-                voids: HashMap::new(),
-                refetched: 0,
-                out: HashMap::new(),
-                offers: HashMap::new(),
-                incoming: Vec::new(),
-                credits: HashSet::new(),
-                skips: HashSet::new(),
-                awaiting: None,
-                recv_idx: 0,
-                recv_epoch: 0,
-                granted: HashSet::new(),
-                incoming_by_node: HashMap::new(),
-                pending_grants: HashMap::new(),
-                claims: HashMap::new(),
-                verbs_links: HashSet::new(),
+                send: sending::SendState::new(cfg.corrupt_transfers.into_iter().collect()),
+                recv: receiving::RecvState::default(),
+                grants: grants::GrantState::default(),
             }),
             cv: Condvar::new(),
             events: tx,
@@ -573,9 +313,9 @@ impl Executor {
         }
         let mut threads = Vec::new();
         let s = shared.clone();
-        threads.push(spawn("rdma-accept", move || accept_loop(&s, listener))?);
+        threads.push(spawn("rdma-accept", move || receiving::accept_loop(&s, listener))?);
         let s = shared.clone();
-        threads.push(spawn("rdma-send", move || send_loop(&s))?);
+        threads.push(spawn("rdma-send", move || sending::send_loop(&s))?);
         Ok(Executor { shared, events: rx, threads })
     }
 
@@ -610,6 +350,25 @@ impl Executor {
         (block as usize) < self.shared.slots.len() && self.shared.is_held(block)
     }
 
+    /// Bytes `[offset, offset + len)` of the model, once every transfer block overlapping them is
+    /// held (a held block is never written again, and bytes outside every block are never
+    /// written), so they can be read while the multicast goes on; an error naming a missing block
+    /// otherwise. This is how the owner reads the region the executor has claimed.
+    pub fn held_bytes(&self, offset: u64, len: u64) -> Result<&[u8]> {
+        let sh = &self.shared;
+        let range = sh.claim.sub(offset, len)?;
+        for (b, tb) in sh.layout.transfer_blocks.iter().enumerate() {
+            let overlaps = (tb.offset as usize) < range.end && range.start < (tb.offset + tb.len) as usize;
+            if overlaps && !sh.is_held(b as u32) {
+                return Err(Error::Multicast(format!("bytes [{offset}, +{len}) include block {b}, which is not held")));
+            }
+        }
+        // SAFETY: every block in the range is held (HELD is final: never written again; the Acquire
+        // load in `is_held` pairs with the store that published it after its bytes were in place),
+        // and no byte outside every block is ever written by the executor.
+        unsafe { sh.claim.bytes_shared(offset, len) }
+    }
+
     pub fn held_count(&self) -> usize {
         self.shared.held.load(Ordering::Acquire)
     }
@@ -632,7 +391,7 @@ impl Executor {
                 if let Some(x) = st.dead.get_mut(d as usize) {
                     *x = true;
                 }
-                if let Some(w) = st.out.remove(&d) {
+                if let Some(w) = st.send.out.remove(&d) {
                     w.abort();
                 }
             }
@@ -640,10 +399,10 @@ impl Executor {
             st.plans.push(Arc::new(plan));
             // Grants of the new epoch may have come before its plan did: keep those.
             let e = st.epoch;
-            let mut dropped: Vec<u64> = st.credits.iter().copied().filter(|&t| split_tag(t).0 < e).collect();
-            dropped.extend(st.retransmit.drain(..));
-            st.credits.retain(|&t| split_tag(t).0 >= e);
-            st.skips.retain(|&t| split_tag(t).0 >= e);
+            let mut dropped: Vec<u64> = st.send.credits.iter().copied().filter(|&t| split_tag(t).0 < e).collect();
+            dropped.extend(st.send.retransmit.drain(..));
+            st.send.credits.retain(|&t| split_tag(t).0 >= e);
+            st.send.skips.retain(|&t| split_tag(t).0 >= e);
             if let Some(v) = &self.shared.verbs {
                 for &d in dead {
                     v.drop_sender_link(d);
@@ -653,7 +412,7 @@ impl Executor {
                 for tag in dropped {
                     let (ep, id) = split_tag(tag);
                     let to = st.plans.get(ep as usize).and_then(|p| p.transfers.get(id as usize)).map(|t| t.to);
-                    if let Some(w) = to.and_then(|to| st.out.get(&to)) {
+                    if let Some(w) = to.and_then(|to| st.send.out.get(&to)) {
                         let _ = w.control(&Control::Verdict { tag, ok: false });
                     }
                 }
@@ -678,7 +437,7 @@ impl Executor {
         // that holds a connection may take the state lock (to ask peers again) before it lets go.
         let (out, incoming) = {
             let mut st = self.shared.lock();
-            (st.out.drain().map(|(_, w)| w).collect::<Vec<_>>(), std::mem::take(&mut st.incoming))
+            (st.send.out.drain().map(|(_, w)| w).collect::<Vec<_>>(), std::mem::take(&mut st.recv.incoming))
         };
         self.shared.cv.notify_all();
         self.shared.bump();
@@ -704,608 +463,4 @@ impl Drop for Executor {
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(name.into()).spawn(f).map_err(|e| Error::Process { op: "spawn thread", err: e })
-}
-
-// ---------------------------------------------------------------- sending
-
-fn send_loop(sh: &Arc<Shared>) {
-    let me = sh.me as usize;
-    let mut cur_epoch = u64::MAX;
-    let mut idx = 0usize;
-    loop {
-        let (tag, retransmit) = {
-            let mut st = sh.lock();
-            loop {
-                if sh.stop.load(Ordering::Acquire) {
-                    return;
-                }
-                if !sh.running.load(Ordering::Acquire) {
-                    st = sh.cv.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
-                    continue;
-                }
-                if st.epoch != cur_epoch {
-                    cur_epoch = st.epoch;
-                    idx = 0;
-                }
-                // A write to send again goes first, once its block is held here (only a verified copy
-                // is sent again; one whose block is still missing waits, it is not dropped).
-                if let Some(pos) = st.retransmit.iter().position(|&t| retransmit_ready(sh, &st, t)) {
-                    let t = st.retransmit.remove(pos).expect("the position is in the queue");
-                    break (t, true);
-                }
-                let plan = st.plans[cur_epoch as usize].clone();
-                let sends = &plan.nodes[me].sends;
-                while idx < sends.len() && st.dead[plan.transfers[sends[idx] as usize].to as usize] {
-                    idx += 1;
-                }
-                let mut connect_to = None;
-                if idx < sends.len() {
-                    let t = &plan.transfers[sends[idx] as usize];
-                    let tag = tag_of(cur_epoch, t.id);
-                    let busy = match st.awaiting {
-                        Some((p, _, since)) => {
-                            p != t.to && !st.dead[p as usize] && since.elapsed() < Duration::from_millis(sh.timeout_ms)
-                        }
-                        None => false,
-                    };
-                    if st.skips.remove(&tag) {
-                        idx += 1;
-                        continue;
-                    }
-                    if !st.out.contains_key(&t.to) {
-                        // connect early, so the receiver's grant can reach us
-                        connect_to = Some(t.to);
-                    } else if !busy && sh.forwardable(t.block) && st.credits.remove(&tag) {
-                        idx += 1;
-                        // (over verbs each send waits for its completion: one at a time anyway)
-                        if sh.verbs.is_none() {
-                            st.awaiting = Some((t.to, tag, Instant::now()));
-                        }
-                        break (tag, false);
-                    }
-                }
-                if let Some(to) = connect_to {
-                    drop(st);
-                    if let Err(e) = writer_to(sh, to) {
-                        sh.report_dead(to, format!("connect: {e}"));
-                    }
-                    st = sh.lock();
-                    continue;
-                }
-                st = sh.cv.wait_timeout(st, Duration::from_millis(200)).unwrap_or_else(|p| p.into_inner()).0;
-            }
-        };
-        send_one(sh, tag, retransmit);
-    }
-}
-
-/// Whether a write to send again can go now: its block is held (or the tag names nothing we
-/// send, which `send_one` drops).
-fn retransmit_ready(sh: &Shared, st: &State, tag: u64) -> bool {
-    let (epoch, id) = split_tag(tag);
-    match st.plans.get(epoch as usize).and_then(|p| p.transfers.get(id as usize)) {
-        Some(t) => t.from != Endpoint::Node(sh.me) || sh.is_held(t.block),
-        None => true,
-    }
-}
-
-/// Queues a write to send again (once its block is held), at most once, within the bound.
-fn queue_retransmit(sh: &Shared, tag: u64) {
-    let mut st = sh.lock();
-    if st.retransmit.contains(&tag) {
-        return;
-    }
-    if st.retransmit.len() >= MAX_CREDITS {
-        log::error!("node {}: {MAX_CREDITS} writes queued to send again; dropping {tag:#x}", sh.me);
-        return;
-    }
-    st.retransmit.push_back(tag);
-    drop(st);
-    sh.cv.notify_all();
-}
-
-fn send_one(sh: &Arc<Shared>, tag: u64, retransmit: bool) {
-    let (epoch, id) = split_tag(tag);
-    let Some(plan) = sh.lock().plans.get(epoch as usize).cloned() else { return };
-    let Some(t) = plan.transfers.get(id as usize) else { return };
-    if t.from != Endpoint::Node(sh.me) {
-        log::warn!("node {}: asked to send {tag:#x}, which is not ours to send", sh.me);
-        return;
-    }
-    let state = sh.slots[t.block as usize].state.load(Ordering::SeqCst);
-    if state != HELD && (retransmit || state != LANDING) {
-        // Sent again only from a verified copy; a landing that failed since this send was picked
-        // leaves nothing to forward. Either way: send it once the block is held, never drop it.
-        queue_retransmit(sh, tag);
-        return;
-    }
-    let corrupt = epoch == 0 && sh.lock().corrupt.remove(&id);
-    let to = t.to;
-    let tb = sh.layout.transfer_blocks[t.block as usize];
-    let writer = match writer_to(sh, to) {
-        Ok(w) => w,
-        Err(e) => {
-            sh.report_dead(to, format!("connect: {e}"));
-            return;
-        }
-    };
-    if let Some(v) = &sh.verbs {
-        if state != HELD {
-            queue_retransmit(sh, tag);
-            return;
-        }
-        match verbs_path::send(sh, v, t, tag, corrupt) {
-            Ok(()) => {}
-            Err(_) if sh.stop.load(Ordering::Acquire) => {}
-            Err(e) => sh.report_dead(to, format!("writing block {} over verbs: {e}", t.block)),
-        }
-        return;
-    }
-    let range = match sh.region.check(MODEL_REGION, tb.offset, tb.len) {
-        Ok(r) => r,
-        Err(e) => {
-            log::error!("node {}: {e}", sh.me);
-            return;
-        }
-    };
-    if corrupt {
-        log::warn!("node {}: test hook: flipping a bit of transfer {id} (block {}) in flight", sh.me, t.block);
-    }
-    let desc = WriteDesc { region: MODEL_REGION, offset: tb.offset, len: tb.len, tag };
-    let r = forward(sh, t.block, range, &writer, desc, corrupt)
-        .and_then(|ok| writer.control(&Control::Verdict { tag, ok }).map(|_| ok));
-    match r {
-        Ok(true) => {}
-        Ok(false) => log::warn!(
-            "node {}: our copy of block {} failed while we forwarded it to node {to}; sent as void",
-            sh.me,
-            t.block
-        ),
-        Err(_) if sh.stop.load(Ordering::Acquire) => {}
-        Err(e) => sh.report_dead(to, format!("sending block {}: {e}", t.block)),
-    }
-}
-
-/// Sends block `b` (its bytes are `range` of the region) as one write on `writer`: a held block
-/// at once, a block still landing as it lands, never past the landed watermark. Returns the
-/// write's verdict: whether what went out is this node's verified copy. A copy that fails
-/// meanwhile (its landing's checksum, or no progress for half the timeout: its upstream is gone)
-/// is void: the rest of the write is zeros, and the verdict says so.
-fn forward(
-    sh: &Shared,
-    b: u32,
-    range: Range<usize>,
-    writer: &ConnWriter,
-    desc: WriteDesc,
-    corrupt: bool,
-) -> Result<bool> {
-    let slot = &sh.slots[b as usize];
-    let len = range.len();
-    let stall = Duration::from_millis((sh.timeout_ms / 2).max(1));
-    let poll = Duration::from_millis(FORWARD_POLL_MS);
-    let flip_at = corrupt.then_some(len / 2);
-    let stopped = || Error::Multicast("the executor is stopping".into());
-    let mut stream = writer.write_stream(desc)?;
-    let mut sent = 0usize;
-    // the landing attempt whose bytes we forward (taken under the first lease)
-    let mut attempt: Option<u32> = None;
-    let mut void = false;
-    let mut last = Instant::now();
-    while sent < len {
-        if sh.stop.load(Ordering::Acquire) {
-            return Err(stopped());
-        }
-        if void {
-            let n = (len - sent).min(ZEROS.len());
-            stream.send(&ZEROS[..n])?;
-            sent += n;
-            continue;
-        }
-        let seen = sh.progress_seen();
-        {
-            let _lease = sh.lease(b);
-            let state = slot.state.load(Ordering::SeqCst);
-            let a = slot.attempt.load(Ordering::SeqCst);
-            if !matches!(state, HELD | LANDING) || *attempt.get_or_insert(a) != a {
-                void = true;
-                continue;
-            }
-            let upto = if state == HELD { len } else { (slot.landed.load(Ordering::Acquire) as usize).min(len) };
-            if upto > sent && (upto - sent >= FORWARD_MIN_BYTES || upto == len) {
-                let end = upto.min(sent + FORWARD_MAX_BYTES);
-                let part = range.start + sent..range.start + end;
-                // SAFETY: `part` lies below the landed watermark of the attempt we hold a lease on
-                // (or the block is held): those bytes are in place (the reader published the
-                // watermark with Release after they landed, we read it with Acquire) and nothing
-                // writes them while the lease lives (a failed landing's bytes are rewritten only
-                // after a reset, which waits for every lease; a held block is never rewritten).
-                let bytes = unsafe { sh.region.host_bytes(part)? };
-                match flip_at {
-                    Some(m) if (sent..end).contains(&m) => {
-                        let mut copy = bytes.to_vec();
-                        copy[m - sent] ^= 0x10;
-                        stream.send(&copy)?;
-                    }
-                    _ => stream.send(bytes)?,
-                }
-                sent = end;
-                last = Instant::now();
-                continue;
-            }
-        }
-        if last.elapsed() >= stall {
-            log::warn!("node {}: block {b} made no progress for {} ms while we forwarded it", sh.me, stall.as_millis());
-            void = true;
-            continue;
-        }
-        sh.wait_progress(seen, poll);
-    }
-    stream.finish()?;
-    if void {
-        return Ok(false);
-    }
-    // Everything went out; the verdict is this node's own check of the same landing.
-    loop {
-        let seen = sh.progress_seen();
-        let state = slot.state.load(Ordering::SeqCst);
-        let a = slot.attempt.load(Ordering::SeqCst);
-        if attempt.is_some_and(|x| x != a) || !matches!(state, HELD | LANDING) {
-            return Ok(false);
-        }
-        if state == HELD {
-            return Ok(true);
-        }
-        if sh.stop.load(Ordering::Acquire) {
-            return Err(stopped());
-        }
-        if last.elapsed() >= stall {
-            return Ok(false);
-        }
-        sh.wait_progress(seen, poll);
-    }
-}
-
-/// The connection to `to`, opened (and authenticated) on first use.
-fn writer_to(sh: &Arc<Shared>, to: u32) -> Result<ConnWriter> {
-    if let Some(w) = sh.lock().out.get(&to) {
-        return Ok(w.clone());
-    }
-    let addr = *sh.peers.get(to as usize).ok_or_else(|| Error::Multicast(format!("no address for node {to}")))?;
-    let mut conn = tcp::connect(addr, &sh.secret, sh.timeout_ms)?;
-    conn.writer.set_send_buffer(DATA_SEND_BUFFER_BYTES)?;
-    conn.writer.control(&Control::Iam { node: sh.me })?;
-    if let Some(v) = &sh.verbs {
-        let link = v.connect(&mut conn)?;
-        v.add_sender_link(to, link);
-    }
-    let w = conn.writer.clone();
-    let s = sh.clone();
-    let mut reader = conn.reader;
-    let w2 = w.clone();
-    // in `out` before its reader runs, so a replan sees every grant this connection brings
-    sh.lock().out.insert(to, w.clone());
-    if let Err(e) = spawn("rdma-nacks", move || nack_loop(&s, to, &mut reader, &w2)) {
-        sh.lock().out.remove(&to);
-        return Err(e);
-    }
-    Ok(w)
-}
-
-/// Reads what a receiver says back on our connection to it: requests to send again.
-fn nack_loop(sh: &Arc<Shared>, to: u32, r: &mut ConnReader, w: &ConnWriter) {
-    loop {
-        match r.recv() {
-            Ok(Incoming::Control(Control::Nack { tag, reason })) => {
-                log::warn!("node {}: node {to} asks again for {tag:#x}: {reason}", sh.me);
-                if sh.verbs.is_some() && split_tag(tag).0 < sh.lock().epoch {
-                    // as for a grant of an epoch we have left: its claim ends with our decline
-                    decline(sh, w, to, tag);
-                    continue;
-                }
-                queue_retransmit(sh, tag);
-            }
-            Ok(Incoming::Control(Control::Almost { tag })) => {
-                let mut st = sh.lock();
-                if st.awaiting.is_some_and(|a| a.1 == tag) {
-                    st.awaiting = None;
-                }
-                drop(st);
-                sh.cv.notify_all();
-            }
-            Ok(Incoming::Control(Control::Go { tag })) => {
-                let mut st = sh.lock();
-                if sh.verbs.is_some() && split_tag(tag).0 < st.epoch {
-                    // A grant of an epoch we have left (it crossed our replan): over verbs the
-                    // receiver claimed the block for it, so say we will not write it.
-                    drop(st);
-                    decline(sh, w, to, tag);
-                    continue;
-                }
-                if st.credits.len() < MAX_CREDITS {
-                    st.credits.insert(tag);
-                }
-                drop(st);
-                sh.cv.notify_all();
-            }
-            Ok(Incoming::Control(Control::Skip { tag })) => {
-                let mut st = sh.lock();
-                if st.skips.len() < MAX_CREDITS {
-                    st.skips.insert(tag);
-                }
-                drop(st);
-                sh.cv.notify_all();
-            }
-            Ok(Incoming::Close(_)) => return,
-            Ok(other) => {
-                log::warn!("node {}: node {to} sent {other:?} on a data connection; closing it", sh.me);
-                return;
-            }
-            Err(Error::Timeout { .. }) => {
-                // Pings keep an alive receiver's connection busy; silence means it is dead.
-                sh.report_dead(to, "silent on our data connection".into());
-                return;
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// Over verbs: tells receiver `to` (on `w`, our connection to it: the one its grant came over,
-/// which may not be in `out` yet) we will not write `tag` (a `Verdict { ok: false }` with no
-/// write), so the block it claimed for that write is free again.
-fn decline(sh: &Shared, w: &ConnWriter, to: u32, tag: u64) {
-    log::info!("node {}: declining {tag:#x} to node {to}: a grant of an epoch we have left", sh.me);
-    let _ = w.control(&Control::Verdict { tag, ok: false });
-}
-
-// ---------------------------------------------------------------- receiving
-
-const MAX_INCOMING_PER_NODE: usize = 4;
-
-fn accept_loop(sh: &Arc<Shared>, listener: Listener) {
-    let max_conns = MAX_INCOMING_PER_NODE * sh.peers.len() + 4;
-    let live = Arc::new(AtomicUsize::new(0));
-    loop {
-        let s = match listener.accept_raw() {
-            Ok(s) => s,
-            Err(e) => {
-                if sh.stop.load(Ordering::Acquire) {
-                    return;
-                }
-                log::warn!("node {}: {e}", sh.me);
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        if sh.stop.load(Ordering::Acquire) {
-            return;
-        }
-        if live.load(Ordering::Acquire) >= max_conns {
-            log::warn!("node {}: {max_conns} data connections open; refusing another", sh.me);
-            continue;
-        }
-        live.fetch_add(1, Ordering::AcqRel);
-        let (s2, live2, secret, ms) = (sh.clone(), live.clone(), listener.secret().clone(), listener.timeout_ms());
-        let r = spawn("rdma-recv", move || {
-            match tcp::accept_handshake(s, &secret, ms) {
-                Ok(conn) => serve(&s2, conn),
-                Err(e) => log::warn!("node {}: refused a data connection: {e}", s2.me),
-            }
-            live2.fetch_sub(1, Ordering::AcqRel);
-        });
-        if let Err(e) = r {
-            log::error!("node {}: {e}", sh.me);
-        }
-    }
-}
-
-/// One incoming data connection: the peer names itself, then sends writes.
-fn serve(sh: &Arc<Shared>, mut conn: tcp::Conn) {
-    let peer = match conn.reader.recv() {
-        Ok(Incoming::Control(Control::Iam { node })) if (node as usize) < sh.peers.len() && node != sh.me => node,
-        Ok(other) => {
-            let reason = format!("a data connection must start with iam (a node id other than ours), not {other:?}");
-            log::warn!("node {}: {}: {reason}", sh.me, conn.reader.peer());
-            conn.writer.close(&reason);
-            return;
-        }
-        Err(e) => {
-            log::warn!("node {}: {e}", sh.me);
-            return;
-        }
-    };
-    let link = match &sh.verbs {
-        Some(v) => match v.connect(&mut conn) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                if !sh.stop.load(Ordering::Acquire) {
-                    report_protocol(sh, peer, &conn.writer, e);
-                }
-                return;
-            }
-        },
-        None => None,
-    };
-    let w = conn.writer.clone();
-    let pending = {
-        let mut st = sh.lock();
-        if link.is_some() {
-            if st.dead.get(peer as usize).copied().unwrap_or(true) {
-                // its claims were released when it was declared dead: it may not write again
-                drop(st);
-                w.close(&format!("node {peer} was declared dead"));
-                return;
-            }
-            st.verbs_links.insert(peer);
-        }
-        st.incoming.push(w.clone());
-        st.incoming_by_node.insert(peer, w.clone());
-        st.pending_grants.remove(&peer).unwrap_or_default()
-    };
-    for m in pending {
-        let _ = w.control(&m);
-    }
-    if let Some(link) = link {
-        verbs_path::serve(sh, peer, link, conn);
-        return;
-    }
-    let mut r = conn.reader;
-    loop {
-        let res = match r.recv() {
-            Ok(Incoming::Write(d)) => on_write(sh, peer, d, &mut r, &w),
-            Ok(Incoming::Close(_)) => return,
-            Ok(other) => Err(Error::Protocol {
-                peer: format!("node {peer}"),
-                reason: format!("only writes are allowed on a data connection, got {}", describe(&other)),
-            }),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = res {
-            if sh.stop.load(Ordering::Acquire) {
-                return;
-            }
-            w.close(&e.to_string());
-            sh.report_dead(peer, e.to_string());
-            return;
-        }
-    }
-}
-
-fn on_write(sh: &Arc<Shared>, peer: u32, d: WriteDesc, r: &mut ConnReader, w: &ConnWriter) -> Result<()> {
-    let (epoch, id) = split_tag(d.tag);
-    let plan = sh.plan(epoch)?;
-    let bad = |reason: String| Error::Protocol { peer: format!("node {peer}"), reason };
-    let t = plan.transfers.get(id as usize).ok_or_else(|| bad(format!("epoch {epoch} has no transfer {id}")))?;
-    if t.to != sh.me || t.from != Endpoint::Node(peer) {
-        return Err(bad(format!("transfer {id} of epoch {epoch} is not node {peer}'s to send to node {}", sh.me)));
-    }
-    let tb = sh.layout.transfer_blocks[t.block as usize];
-    if d.region != MODEL_REGION || d.offset != tb.offset || d.len != tb.len {
-        return Err(bad(format!(
-            "write to region {} [{}, +{}) for block {}, which is region {MODEL_REGION} [{}, +{}) (more or other bytes than the layout allows)",
-            d.region, d.offset, d.len, t.block, tb.offset, tb.len
-        )));
-    }
-    let b = t.block;
-    let slot = &sh.slots[b as usize];
-    if slot.state.compare_exchange(MISSING, LANDING, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-        r.discard()?;
-        w.control(&Control::Almost { tag: d.tag })?;
-        // Held: nothing to do. Landing (or a failed landing being reset): remember the offer, asked
-        // for again if that landing fails. Missing again (it failed meanwhile): ask again now.
-        let ask_now = {
-            let mut st = sh.lock();
-            match slot.state.load(Ordering::SeqCst) {
-                HELD => false,
-                MISSING => true,
-                _ => {
-                    let offers = st.offers.entry(b).or_default();
-                    if offers.len() < MAX_INCOMING_PER_NODE * sh.peers.len() {
-                        offers.push((w.clone(), d.tag));
-                    }
-                    false
-                }
-            }
-        };
-        expect_verdict(peer, r, d.tag)?;
-        if ask_now {
-            w.control(&Control::Nack { tag: d.tag, reason: format!("block {b}: the landing it waited for failed") })?;
-        }
-        return Ok(());
-    }
-    // The block is arriving: wake the sender, whose next send may forward it as it lands (the
-    // lock orders this after a sender's check of the state, so the wake-up is not lost).
-    drop(sh.lock());
-    sh.cv.notify_all();
-    let len = tb.len as usize;
-    let early = (len / 2).min(EARLY_GRANT_BYTES);
-    let near_end = || {
-        let _ = w.control(&Control::Almost { tag: d.tag });
-        sh.advance_grants(Some(d.tag));
-    };
-    let mut woke = 0usize;
-    let progress = |at: usize| {
-        // the bytes below `at` are in place: forwarders may read them
-        slot.landed.store(at as u64, Ordering::Release);
-        if at == len || at / FORWARD_MIN_BYTES != woke / FORWARD_MIN_BYTES {
-            woke = at;
-            sh.bump();
-        }
-    };
-    if let Err(e) = r.land_progress(&sh.region, MODEL_REGION, early, near_end, progress) {
-        sh.void_block(b);
-        return Err(e);
-    }
-    let range = sh.region.check(MODEL_REGION, tb.offset, tb.len)?;
-    // SAFETY: this thread claimed the block (LANDING) and every byte has landed; forwarders only
-    // read it, so no one writes the range while we read it.
-    let crc = crc32c::crc32c(unsafe { sh.region.host_bytes(range)? });
-    if crc == tb.crc32c {
-        sh.lock().offers.remove(&b);
-        sh.mark_held(b);
-        // Verified here, whatever the sender's verdict (a void copy that matches is the block).
-        expect_verdict(peer, r, d.tag)?;
-        return Ok(());
-    }
-    // Our copy failed: our own forwards of it end void, and the block is claimed again.
-    sh.void_block(b);
-    let sender_ok = expect_verdict(peer, r, d.tag)?;
-    let reason = format!("block {b} crc32c {crc:08x}, expected {:08x}", tb.crc32c);
-    if !sender_ok {
-        // The sender forwarded a copy that failed upstream of it and said so: not its fault, not a
-        // refetch of ours; it sends again once it holds a verified copy.
-        let count = {
-            let mut st = sh.lock();
-            let c = st.voids.entry(d.tag).or_insert(0);
-            *c += 1;
-            *c
-        };
-        log::info!("node {}: from node {peer}: a void copy ({reason}); asking again", sh.me);
-        if count > MAX_VOIDS {
-            return Err(bad(format!("write {:#x} arrived void {count} times", d.tag)));
-        }
-        w.control(&Control::Nack { tag: d.tag, reason: format!("{reason}: your copy was void") })?;
-        return Ok(());
-    }
-    let count = {
-        let mut st = sh.lock();
-        st.refetched += 1;
-        let c = st.nacks.entry(d.tag).or_insert(0);
-        *c += 1;
-        *c
-    };
-    log::warn!("node {}: from node {peer}: {reason}; asking again ({count} of {MAX_REFETCHES})", sh.me);
-    if count > MAX_REFETCHES {
-        return Err(bad(format!("{reason}, {count} times")));
-    }
-    w.control(&Control::Nack { tag: d.tag, reason })?;
-    Ok(())
-}
-
-/// The frame after a write's payload: its verdict (whether the sender's copy was verified).
-fn expect_verdict(peer: u32, r: &mut ConnReader, tag: u64) -> Result<bool> {
-    match r.recv()? {
-        Incoming::Control(Control::Verdict { tag: t, ok }) if t == tag => Ok(ok),
-        other => Err(Error::Protocol {
-            peer: format!("node {peer}"),
-            reason: format!("a write (tag {tag:#x}) must be followed by its verdict, not {}", describe(&other)),
-        }),
-    }
-}
-
-/// Closes a peer's connection for a protocol error and reports it dead.
-fn report_protocol(sh: &Shared, peer: u32, w: &ConnWriter, e: Error) {
-    // reported first: closing makes the connection's other thread fail too, with a vaguer reason
-    sh.report_dead(peer, e.to_string());
-    w.close(&e.to_string());
-}
-
-/// A frame in a few words (a message's bytes are not worth printing).
-fn describe(i: &Incoming) -> String {
-    match i {
-        Incoming::Control(c) => format!("a {} message", c.name()),
-        Incoming::Message(m) => format!("a {}-byte channel message", m.len()),
-        Incoming::Write(d) => format!("a write of {} bytes (tag {:#x})", d.len, d.tag),
-        Incoming::Close(r) => format!("a close ({r})"),
-    }
 }

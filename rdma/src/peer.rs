@@ -4,13 +4,14 @@
 //!
 //! Over TCP the target's CPU does the work a NIC would: one thread per incoming connection lands
 //! writes straight into the named region (bounds-checked against it, nothing written outside) and
-//! answers reads from it. As with RDMA, the caller keeps regions alive while registered and does
-//! not let a write and another access to the same bytes overlap.
+//! answers reads from it. As with RDMA, the caller keeps regions alive while registered. Every
+//! landing holds a write claim on its bytes and every read a read claim (`region::Claim`), so a
+//! write that would overlap another access to the same bytes is refused, not raced.
 
 use crate::auth::Secret;
 use crate::control::Control;
 use crate::error::{Error, Result};
-use crate::region::{Region, RegionId, Registry};
+use crate::region::{Access, Claim, Region, RegionId, Registry};
 use crate::tcp::{self, ConnReader, ConnWriter, Incoming, Listener};
 use crate::wire::WriteDesc;
 use crossbeam::channel::{bounded, Receiver, Sender};
@@ -24,7 +25,7 @@ use std::time::Duration;
 pub const MAX_OUTSTANDING: usize = 4096;
 
 /// A node's side: its registered regions and the listener serving peers' writes and reads.
-pub struct Endpoint {
+pub struct RegionServer {
     registry: Arc<Registry>,
     secret: Secret,
     timeout_ms: u64,
@@ -32,9 +33,9 @@ pub struct Endpoint {
     stop: Arc<AtomicBool>,
 }
 
-impl Endpoint {
+impl RegionServer {
     /// Listens on `addr` (port 0: any) for authenticated peers.
-    pub fn bind(addr: SocketAddr, secret: Secret, timeout_ms: u64) -> Result<Endpoint> {
+    pub fn bind(addr: SocketAddr, secret: Secret, timeout_ms: u64) -> Result<RegionServer> {
         let listener = Listener::bind(addr, secret.clone(), timeout_ms)?;
         let addr = listener.local_addr()?;
         let registry = Arc::new(Registry::new());
@@ -65,7 +66,7 @@ impl Endpoint {
                     );
             })
             .map_err(|e| Error::Process { op: "spawn peer listener", err: e })?;
-        Ok(Endpoint { registry, secret, timeout_ms, addr, stop })
+        Ok(RegionServer { registry, secret, timeout_ms, addr, stop })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -87,7 +88,7 @@ impl Endpoint {
     }
 }
 
-impl Drop for Endpoint {
+impl Drop for RegionServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
@@ -99,37 +100,38 @@ fn serve(reg: &Registry, conn: tcp::Conn) {
     let (mut r, w) = (conn.reader, conn.writer);
     loop {
         let res = match r.recv() {
-            Ok(Incoming::Write(d)) => match reg.get(RegionId(d.region)) {
-                Some(region) => match r.land(&region, d.region) {
-                    Ok(_) => w.control(&Control::WriteDone { tag: d.tag, error: None }),
-                    Err(e) => {
-                        // Out of bounds (nothing written) or a broken stream: say why, then close.
-                        let _ = w.control(&Control::WriteDone { tag: d.tag, error: Some(e.to_string()) });
-                        Err(e)
+            Ok(Incoming::Write(d)) => {
+                let claim = reg
+                    .get(RegionId(d.region))
+                    .ok_or_else(|| format!("region {} is not registered", d.region))
+                    .and_then(|rg| rg.claim(d.region, d.offset, d.len, Access::Write).map_err(|e| e.to_string()));
+                match claim {
+                    Ok(mut claim) => match r.land(&mut claim) {
+                        Ok(_) => {
+                            drop(claim);
+                            w.control(&Control::WriteDone { tag: d.tag, error: None })
+                        }
+                        Err(e) => {
+                            // A broken stream: say why, then close.
+                            let _ = w.control(&Control::WriteDone { tag: d.tag, error: Some(e.to_string()) });
+                            Err(e)
+                        }
+                    },
+                    // Not registered, out of bounds, or the bytes are in use: nothing written.
+                    Err(error) => {
+                        r.discard().and_then(|_| w.control(&Control::WriteDone { tag: d.tag, error: Some(error) }))
                     }
-                },
-                None => r.discard().and_then(|_| {
-                    w.control(&Control::WriteDone {
-                        tag: d.tag,
-                        error: Some(format!("region {} is not registered", d.region)),
-                    })
-                }),
-            },
+                }
+            }
             Ok(Incoming::Control(Control::ReadReq { tag, region, offset, len })) => {
-                let got = reg
+                let claim = reg
                     .get(RegionId(region))
                     .ok_or_else(|| format!("region {region} is not registered"))
-                    .and_then(|rg| {
-                        let range = rg.check(region, offset, len).map_err(|e| e.to_string())?;
-                        Ok((rg, range))
-                    });
-                match got {
-                    // SAFETY: reading a registered region while a peer reads it is the caller's
-                    // contract (no overlapping write), as with RDMA READ.
-                    Ok((rg, range)) => match unsafe { rg.host_bytes(range) } {
-                        Ok(bytes) => w.write(WriteDesc { region, offset, len, tag }, bytes),
-                        Err(e) => w.control(&Control::ReadFailed { tag, error: e.to_string() }),
-                    },
+                    .and_then(|rg| rg.claim(region, offset, len, Access::Read).map_err(|e| e.to_string()));
+                match claim.and_then(|c| {
+                    c.bytes().map(|b| w.write(WriteDesc { region, offset, len, tag }, b)).map_err(|e| e.to_string())
+                }) {
+                    Ok(sent) => sent,
                     Err(error) => w.control(&Control::ReadFailed { tag, error }),
                 }
             }
@@ -147,7 +149,12 @@ fn serve(reg: &Registry, conn: tcp::Conn) {
 
 enum Op {
     Write(Sender<Result<()>>),
-    Read { done: Sender<Result<()>>, local: Arc<Region>, local_offset: u64, remote_offset: u64, len: u64 },
+    /// `local`: the write claim the answer lands in, held from the request until it has landed.
+    Read {
+        done: Sender<Result<()>>,
+        local: Claim,
+        remote_offset: u64,
+    },
 }
 
 /// The completion event of one operation.
@@ -209,21 +216,21 @@ impl Peer {
     }
 
     /// Writes `len` bytes at `local_offset` of `local` into the peer's region `remote` at
-    /// `remote_offset`. Returns once the bytes are handed to the socket; the completion fires
-    /// when the peer has landed them (or refused: out of its region, not registered).
+    /// `remote_offset`. Returns once the bytes are handed to the socket (the local bytes are held
+    /// by a read claim until then); the completion fires when the peer has landed them (or
+    /// refused: out of its region, not registered, the bytes in use there).
     pub fn write(
         &self,
-        local: &Region,
+        local: &Arc<Region>,
         local_offset: u64,
         len: u64,
         remote: RegionId,
         remote_offset: u64,
     ) -> Result<Completion> {
-        let range = local.check(u32::MAX, local_offset, len)?;
+        let claim = local.claim(u32::MAX, local_offset, len, Access::Read)?;
+        let bytes = claim.bytes()?;
         let (tx, rx) = bounded(1);
         let tag = self.add(Op::Write(tx))?;
-        // SAFETY: the caller does not write these local bytes while the write is in flight.
-        let bytes = unsafe { local.host_bytes(range) }?;
         if let Err(e) = self.writer.write(WriteDesc { region: remote.0, offset: remote_offset, len, tag }, bytes) {
             self.forget(tag);
             return Err(e);
@@ -232,7 +239,8 @@ impl Peer {
     }
 
     /// Reads `len` bytes at `remote_offset` of the peer's region `remote` into `local` at
-    /// `local_offset`; the completion fires when they have landed.
+    /// `local_offset`; the completion fires when they have landed. The local bytes are held by a
+    /// write claim from now until then (refused if anything else has claimed them).
     pub fn read(
         &self,
         local: Arc<Region>,
@@ -241,9 +249,9 @@ impl Peer {
         remote: RegionId,
         remote_offset: u64,
     ) -> Result<Completion> {
-        local.check(u32::MAX, local_offset, len)?;
+        let local = local.claim(u32::MAX, local_offset, len, Access::Write)?;
         let (tx, rx) = bounded(1);
-        let tag = self.add(Op::Read { done: tx, local, local_offset, remote_offset, len })?;
+        let tag = self.add(Op::Read { done: tx, local, remote_offset })?;
         if let Err(e) = self.writer.control(&Control::ReadReq { tag, region: remote.0, offset: remote_offset, len }) {
             self.forget(tag);
             return Err(e);
@@ -275,7 +283,8 @@ fn complete_loop(ops: &Mutex<HashMap<u64, Op>>, r: &mut ConnReader) {
                 }
             }
             Ok(Incoming::Write(d)) => match take(d.tag) {
-                Some(Op::Read { done, local, local_offset, remote_offset, len }) => {
+                Some(Op::Read { done, mut local, remote_offset }) => {
+                    let len = local.len() as u64;
                     if d.offset != remote_offset || d.len != len {
                         let e =
                             format!("read answer [{}, +{}) for a read of [{remote_offset}, +{len})", d.offset, d.len);
@@ -283,7 +292,8 @@ fn complete_loop(ops: &Mutex<HashMap<u64, Op>>, r: &mut ConnReader) {
                         break Error::Protocol { peer: r.peer().into(), reason: e };
                     }
                     // Land at the local offset the read asked for, not where the answer says.
-                    let landed = r.land_at(&local, local_offset);
+                    let landed = r.land_at(&mut local);
+                    drop(local); // the claim ends before the completion fires
                     let failed = landed.as_ref().err().map(|e| e.to_string());
                     let _ = done.send(landed.map(|_| ()));
                     if let Some(e) = failed {
@@ -323,8 +333,8 @@ mod tests {
     #[test]
     fn write_and_read_a_peers_region_with_completions() {
         let secret = Secret::new(vec![8; 32]).unwrap();
-        let a = Endpoint::bind("127.0.0.1:0".parse().unwrap(), secret.clone(), 2000).unwrap();
-        let b = Endpoint::bind("127.0.0.1:0".parse().unwrap(), secret.clone(), 2000).unwrap();
+        let a = RegionServer::bind("127.0.0.1:0".parse().unwrap(), secret.clone(), 2000).unwrap();
+        let b = RegionServer::bind("127.0.0.1:0".parse().unwrap(), secret.clone(), 2000).unwrap();
         let target = OwnedRegion::zeroed(1 << 20).unwrap();
         let id = b.register(target.region().clone()).unwrap();
         let mut src = OwnedRegion::zeroed(1 << 20).unwrap();
@@ -332,12 +342,10 @@ mod tests {
         src.fill(4096, &data).unwrap();
         let peer = a.connect(b.local_addr()).unwrap();
         peer.write(src.region(), 4096, data.len() as u64, id, 8192).unwrap().wait().unwrap();
-        // SAFETY: the write completed; nothing else writes the target.
-        assert_eq!(unsafe { target.bytes(8192, data.len()) }.unwrap(), &data[..]);
+        assert_eq!(target.read(8192, data.len()).unwrap(), data);
         let back = OwnedRegion::zeroed(1 << 20).unwrap();
         peer.read(back.region().clone(), 100_000, data.len() as u64, id, 8192).unwrap().wait().unwrap();
-        // SAFETY: the read completed.
-        assert_eq!(unsafe { back.bytes(100_000, data.len()) }.unwrap(), &data[..]);
+        assert_eq!(back.read(100_000, data.len()).unwrap(), data);
         // out of the peer's region: refused, nothing written past it
         let e = peer.write(src.region(), 0, 8192, id, (1 << 20) - 4096).unwrap().wait().unwrap_err().to_string();
         assert!(e.contains("outside region"), "{e}");

@@ -15,7 +15,7 @@
 use crate::auth::{random_bytes, Key, Secret, MAC_BYTES, NONCE_BYTES};
 use crate::control::Control;
 use crate::error::{Error, Result};
-use crate::region::Region;
+use crate::region::Claim;
 use crate::wire::{self, Kind, WriteDesc, HEADER_BYTES};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -36,7 +36,8 @@ const LABEL_S2C: &str = "faascale/1 server-to-client";
 pub enum Incoming {
     Control(Control),
     Message(Vec<u8>),
-    /// `len` payload bytes follow: call `ConnReader::land` or `ConnReader::discard` next.
+    /// `len` payload bytes follow: call `ConnReader::land` (or `land_at`, `land_shared`) or
+    /// `ConnReader::discard` next.
     Write(WriteDesc),
     /// The peer closed the connection, saying why.
     Close(String),
@@ -343,49 +344,101 @@ impl ConnReader {
         }
     }
 
-    /// Reads the pending write's payload straight into `region` at the write's offset (one copy,
-    /// socket buffer → region). The range is checked against the region first; nothing is written
-    /// outside it. The caller must hold the range exclusively (the executor claims the block).
-    pub fn land(&mut self, region: &Region, region_id: u32) -> Result<WriteDesc> {
-        self.land_notify(region, region_id, 0, || {})
+    fn take_pending(&mut self, what: &str) -> Result<WriteDesc> {
+        self.pending.take().ok_or_else(|| Error::Protocol {
+            peer: self.peer.clone(),
+            reason: format!("internal: {what} without a pending write"),
+        })
     }
 
-    /// `land`, calling `near_end` once when at most `notify_remaining_bytes` are still to come
-    /// (the executor grants its next transfer then, so the link does not idle for a round trip).
-    pub fn land_notify(
+    /// Where the pending write `d`, landing at region offset `offset`, starts in `claim`; an error
+    /// unless all of its bytes lie inside the claim.
+    fn inside(claim: &Claim, offset: u64, len: u64) -> Result<u64> {
+        let outside = || {
+            Error::Claim(format!(
+                "a write of [{offset}, +{len}) is outside the claimed bytes [{}, +{})",
+                claim.offset(),
+                claim.len()
+            ))
+        };
+        let at = offset.checked_sub(claim.offset()).ok_or_else(outside)?;
+        claim.sub(at, len).map_err(|_| outside())?;
+        Ok(at)
+    }
+
+    /// Reads the pending write's payload straight into `claim` (a write claim on host memory) at
+    /// the region offset the write names (one copy, socket buffer → region). The write must lie
+    /// inside the claim; nothing is written outside it.
+    pub fn land(&mut self, claim: &mut Claim) -> Result<WriteDesc> {
+        let d = self.take_pending("land")?;
+        let at = Self::inside(claim, d.offset, d.len)?;
+        let dst = claim.write_ptr(at, d.len)?;
+        // SAFETY: `dst .. dst + d.len` lies inside the exclusive claim (`write_ptr` checked it), and
+        // `&mut claim` excludes every other access to it for this call.
+        unsafe { self.read_payload(dst, d.len as usize, 0, || {}, |_| {}) }?;
+        Ok(d)
+    }
+
+    /// `land` at the start of `claim` instead of the offset the write names (a read's answer lands
+    /// where the reader asked, whatever the answer says); the write must be as long as the claim.
+    pub fn land_at(&mut self, claim: &mut Claim) -> Result<WriteDesc> {
+        let d = self.take_pending("land")?;
+        if d.len != claim.len() as u64 {
+            return Err(Error::Protocol {
+                peer: self.peer.clone(),
+                reason: format!("a write of {} bytes for {} claimed bytes", d.len, claim.len()),
+            });
+        }
+        let dst = claim.write_ptr(0, d.len)?;
+        // SAFETY: as in `land`: inside the exclusive claim, which `&mut` holds for the call.
+        unsafe { self.read_payload(dst, d.len as usize, 0, || {}, |_| {}) }?;
+        Ok(d)
+    }
+
+    /// Lands the pending write in a write claim other threads use at the same time (the
+    /// executor's model region), calling `near_end` once when at most `notify_remaining_bytes` are
+    /// still to come (the executor grants its next transfer then, so the link does not idle for a
+    /// round trip) and `progress(n)` after every read from the socket, where `n` is how many bytes
+    /// of the payload (a prefix) are in place by then: a relay forwards that prefix while the rest
+    /// arrives. Bytes are written through a raw pointer (the kernel copies into them); no Rust
+    /// reference to them is made here.
+    ///
+    /// # Safety
+    /// For the whole call, nobody else writes the pending write's bytes `[offset, offset + len)`,
+    /// and nobody reads any of them except the prefix `progress` has reported (and only after
+    /// seeing the report, with the ordering `progress` itself establishes).
+    pub unsafe fn land_shared(
         &mut self,
-        region: &Region,
-        region_id: u32,
+        claim: &Claim,
         notify_remaining_bytes: usize,
         near_end: impl FnMut(),
+        progress: impl FnMut(usize),
     ) -> Result<WriteDesc> {
-        self.land_progress(region, region_id, notify_remaining_bytes, near_end, |_| {})
+        let d = self.take_pending("land")?;
+        let at = Self::inside(claim, d.offset, d.len)?;
+        let dst = claim.write_ptr(at, d.len)?;
+        // SAFETY: `dst .. dst + d.len` lies inside the claim (`write_ptr` checked it); the caller
+        // guarantees no other writer and no reader past the reported prefix.
+        unsafe { self.read_payload(dst, d.len as usize, notify_remaining_bytes, near_end, progress) }?;
+        Ok(d)
     }
 
-    /// `land_notify`, also calling `progress(n)` after every read from the socket, where `n` is
-    /// how many bytes of the payload (a prefix) are in the region by then: a relay forwards that
-    /// prefix while the rest arrives. `progress` runs after the bytes are in place.
-    pub fn land_progress(
+    /// Reads `len` payload bytes from the socket to `dst` (see `land_shared` for the callbacks).
+    ///
+    /// # Safety
+    /// `dst .. dst + len` is valid for writes, and for the whole call nobody else writes it or
+    /// reads any of it but the prefix `progress` has reported.
+    unsafe fn read_payload(
         &mut self,
-        region: &Region,
-        region_id: u32,
+        dst: *mut u8,
+        len: usize,
         notify_remaining_bytes: usize,
         mut near_end: impl FnMut(),
         mut progress: impl FnMut(usize),
-    ) -> Result<WriteDesc> {
-        let d = self.pending.take().ok_or_else(|| Error::Protocol {
-            peer: self.peer.clone(),
-            reason: "internal: land without a pending write".into(),
-        })?;
-        if region.kind() != crate::region::MemKind::Host || region.read_only() {
-            return Err(Error::Region(
-                "the TCP backend lands bytes only in writable host memory (register a host region)".into(),
-            ));
-        }
-        let range = region.check(region_id, d.offset, d.len)?;
+    ) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.stream.as_raw_fd();
         let mut at = 0usize;
-        let len = range.len();
-        let base = region.ptr_at(&range);
         let mut notified = false;
         while at < len {
             if !notified && len - at <= notify_remaining_bytes {
@@ -396,42 +449,30 @@ impl ConnReader {
             let to_mark = (len - at).saturating_sub(notify_remaining_bytes);
             let want = if !notified && to_mark > 0 { to_mark } else { len - at };
             let step = want.min(LAND_STEP_BYTES);
-            // SAFETY: [at, at + step) lies inside `range`, which `check` proved inside the region; the
-            // caller holds the range exclusively, so no other reference to these bytes exists.
-            let dst = unsafe { std::slice::from_raw_parts_mut(base.add(at), step) };
-            match self.stream.read(dst) {
-                Ok(0) => return Err(Error::Closed { peer: self.peer.clone(), during: "a write's payload" }),
-                Ok(n) => {
-                    at += n;
+            // SAFETY: `[at, at + step)` lies inside `dst .. dst + len`, valid for writes and written
+            // by no one else (the caller's contract); `recv` writes at most `step` bytes there and
+            // makes no Rust reference to them. The fd is the socket `self.stream` keeps open.
+            let n = unsafe { libc::recv(fd, dst.add(at).cast(), step, 0) };
+            match n {
+                0 => return Err(Error::Closed { peer: self.peer.clone(), during: "a write's payload" }),
+                n if n > 0 => {
+                    at += n as usize;
                     progress(at);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("read write payload", &self.peer, e, self.timeout_ms)),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(Error::io("read write payload", &self.peer, e, self.timeout_ms));
+                    }
+                }
             }
         }
-        Ok(d)
-    }
-
-    /// `land` at `offset` of `region` instead of the offset the write names (a read's answer
-    /// lands where the reader asked, whatever the answer says).
-    pub fn land_at(&mut self, region: &Region, offset: u64) -> Result<WriteDesc> {
-        let d = self.pending.as_mut().ok_or_else(|| Error::Protocol {
-            peer: self.peer.clone(),
-            reason: "internal: land without a pending write".into(),
-        })?;
-        let asked = *d;
-        d.offset = offset;
-        let mut landed = self.land(region, u32::MAX)?;
-        landed.offset = asked.offset;
-        Ok(landed)
+        Ok(())
     }
 
     /// Reads and drops the pending write's payload (a block already held or landing elsewhere).
     pub fn discard(&mut self) -> Result<WriteDesc> {
-        let d = self.pending.take().ok_or_else(|| Error::Protocol {
-            peer: self.peer.clone(),
-            reason: "internal: discard without a pending write".into(),
-        })?;
+        let d = self.take_pending("discard")?;
         let mut sink = vec![0u8; 64 << 10];
         let mut left = d.len;
         while left > 0 {
@@ -674,6 +715,7 @@ fn keepalive_loop(ka: &Keepalive) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::region::Access;
 
     fn secret(b: u8) -> Secret {
         Secret::new(vec![b; 32]).unwrap()
@@ -713,16 +755,27 @@ mod tests {
         let (s, c) = pair(secret(1), secret(1));
         let (mut s, c) = (s.unwrap(), c.unwrap());
         let region = crate::region::OwnedRegion::zeroed(8192).unwrap();
+        let mut half = region.region().claim(0, 4096, 4096, Access::Write).unwrap();
         c.writer.write(WriteDesc { region: 0, offset: 4096, len: 5, tag: 9 }, b"abcde").unwrap();
         assert!(matches!(s.reader.recv().unwrap(), Incoming::Write(d) if d.tag == 9));
-        s.reader.land(region.region(), 0).unwrap();
-        // SAFETY: nobody else writes the region now.
-        assert_eq!(unsafe { region.bytes(4096, 5) }.unwrap(), b"abcde");
+        s.reader.land(&mut half).unwrap();
+        assert_eq!(&half.bytes().unwrap()[..5], b"abcde");
+        // past the claim (and past the region): refused, nothing written
         c.writer.write(WriteDesc { region: 0, offset: 8190, len: 5, tag: 1 }, b"vwxyz").unwrap();
         assert!(matches!(s.reader.recv().unwrap(), Incoming::Write(_)));
-        assert!(matches!(s.reader.land(region.region(), 0), Err(Error::Bounds { offset: 8190, .. })));
-        // SAFETY: as above.
-        assert_eq!(unsafe { region.bytes(8186, 6) }.unwrap(), &[0; 6], "nothing written");
+        assert!(matches!(s.reader.land(&mut half), Err(Error::Claim(_))));
+        assert_eq!(&half.bytes().unwrap()[4090..], &[0; 6], "nothing written");
+        drop(half);
+        // before the claim: refused too (a new connection: the refused payload is still in the old one)
+        let (s, c) = pair(secret(1), secret(1));
+        let (mut s, c) = (s.unwrap(), c.unwrap());
+        c.writer.write(WriteDesc { region: 0, offset: 4094, len: 4, tag: 2 }, b"wxyz").unwrap();
+        assert!(matches!(s.reader.recv().unwrap(), Incoming::Write(_)));
+        let mut high = region.region().claim(0, 4096, 4096, Access::Write).unwrap();
+        assert!(matches!(s.reader.land(&mut high), Err(Error::Claim(_))));
+        drop(high);
+        assert_eq!(region.read(4090, 10).unwrap(), [0, 0, 0, 0, 0, 0, b'a', b'b', b'c', b'd']);
+        assert!(matches!(region.region().claim(0, 8190, 5, Access::Write), Err(Error::Bounds { offset: 8190, .. })));
     }
 
     #[test]
@@ -740,10 +793,12 @@ mod tests {
         c.writer.control(&Control::Ready).unwrap();
         assert!(matches!(s.reader.recv().unwrap(), Incoming::Write(x) if x == d));
         let mut seen = Vec::new();
-        s.reader.land_progress(region.region(), 0, 0, || {}, |n| seen.push(n)).unwrap();
+        let claim = region.region().claim(0, 0, 8192, Access::Write).unwrap();
+        // SAFETY: this thread is the claim's only user.
+        unsafe { s.reader.land_shared(&claim, 0, || {}, |n| seen.push(n)) }.unwrap();
+        drop(claim);
         assert_eq!(seen.last(), Some(&6), "progress ends at the write's length: {seen:?}");
-        // SAFETY: nobody else writes the region now.
-        assert_eq!(unsafe { region.bytes(100, 6) }.unwrap(), b"abcdef");
+        assert_eq!(region.read(100, 6).unwrap(), b"abcdef");
         assert!(matches!(s.reader.recv().unwrap(), Incoming::Control(Control::Ready)));
         // dropped before its last byte: the connection is shut, nothing else can follow
         let mut ws = c.writer.write_stream(WriteDesc { len: 10, ..d }).unwrap();
@@ -751,7 +806,8 @@ mod tests {
         drop(ws);
         assert!(c.writer.control(&Control::Ready).is_err());
         assert!(matches!(s.reader.recv().unwrap(), Incoming::Write(_)));
-        assert!(s.reader.land(region.region(), 0).is_err(), "the payload ends early");
+        let mut claim = region.region().claim(0, 0, 8192, Access::Write).unwrap();
+        assert!(s.reader.land(&mut claim).is_err(), "the payload ends early");
     }
 
     #[test]
@@ -782,7 +838,7 @@ mod tests {
             w.stream.write_all(&[0; 64]).unwrap();
         }
         assert!(matches!(s.reader.recv().unwrap(), Incoming::Write(_)));
-        s.reader.land(region.region(), 0).unwrap();
+        s.reader.land(&mut region.region().claim(0, 0, 4096, Access::Write).unwrap()).unwrap();
         let e = s.reader.recv().unwrap_err();
         assert!(matches!(e, Error::Wire { err: wire::WireError::BadMagic { .. }, .. }), "{e}");
     }

@@ -26,7 +26,6 @@ pub struct WorkerOptions {
 
 /// Runs one worker until the coordinator says `Finish`.
 pub fn run(opts: WorkerOptions) -> Result<()> {
-    crate::backend::select();
     let mut listener = Listener::bind(SocketAddr::new(opts.bind_ip, 0), opts.secret.clone(), CONTROL_TIMEOUT_MS)?;
     let data_addr = listener.local_addr()?;
     let mut ctrl = tcp::connect(opts.coordinator, &opts.secret, CONTROL_TIMEOUT_MS)?;
@@ -78,6 +77,8 @@ pub fn run(opts: WorkerOptions) -> Result<()> {
 
 /// Allocates (or maps, or fills) the region and starts the executor.
 fn prepare(setup: &Setup, listener: Listener) -> Result<(Executor, OwnedRegion)> {
+    // Refused here, before the region is made, when verbs is asked for and cannot run.
+    let transport = crate::backend::select(&setup.transport)?;
     let layout = Arc::new(setup.layout.clone());
     let end = layout.end_offset() as usize;
     let me = setup.node as usize;
@@ -139,7 +140,7 @@ fn prepare(setup: &Setup, listener: Listener) -> Result<(Executor, OwnedRegion)>
             timeout_ms: setup.timeout_ms,
             corrupt_transfers: setup.faults.corrupt_transfers.clone(),
             // as the coordinator said (TCP unless asked for verbs: `backend`)
-            verbs: setup.transport.verbs_config(),
+            verbs: crate::executor::VerbsConfig::from_transport(&transport.transport),
         },
         listener,
     )?;

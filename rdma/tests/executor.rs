@@ -6,6 +6,7 @@
 use planner::{Algo, Cluster, MulticastRequest};
 use rdma::control::{pattern, Control};
 use rdma::executor::{Event, ExecConfig, Executor, FORWARD_MIN_BYTES, MODEL_REGION};
+use rdma::region::Access;
 use rdma::tcp::{self, Listener};
 use rdma::wire::WriteDesc;
 use rdma::{OwnedRegion, Secret};
@@ -75,8 +76,7 @@ fn a_chain_from_a_mapped_file_reaches_every_subscriber_once() {
         let mut seen: Vec<u32> = subs[node].try_iter().collect();
         seen.sort();
         assert_eq!(seen, (0..layout.transfer_blocks.len() as u32).collect::<Vec<_>>(), "each block once");
-        // SAFETY: the multicast is over for this node; nothing writes its region.
-        assert_eq!(unsafe { regions[node].bytes(0, end) }.unwrap(), &bytes[..]);
+        assert_eq!(execs[node].held_bytes(0, end as u64).unwrap(), &bytes[..]);
     }
     for mut e in execs {
         e.stop();
@@ -141,9 +141,9 @@ fn a_write_the_plan_does_not_allow_is_refused_and_lands_nowhere() {
             }
         }
     }
-    // SAFETY: no transfer is running.
-    assert!(unsafe { region.bytes(0, end) }.unwrap().iter().all(|&b| b == 0), "nothing was written");
     assert_eq!(exec.held_count(), 0);
+    drop(exec);
+    assert!(region.read(0, end).unwrap().iter().all(|&b| b == 0), "nothing was written");
 }
 
 /// The id of the transfer of `block` from `from` to `to` in `plan`.
@@ -230,20 +230,21 @@ fn a_relay_forwards_while_the_block_arrives_and_a_void_copy_is_sent_again_once_v
             };
             assert_eq!((d.tag, d.offset, d.len), (t12, tb.offset, tb.len));
             let mut signalled = round > 0;
-            c.reader
-                .land_notify(buf.region(), MODEL_REGION, len - FORWARD_MIN_BYTES, || {
-                    if !signalled {
-                        signalled = true;
-                        first_tx.send(()).unwrap();
-                    }
-                })
-                .unwrap();
+            let claim = buf.region().claim(MODEL_REGION, 0, end as u64, Access::Write).unwrap();
+            let near_end = || {
+                if !signalled {
+                    signalled = true;
+                    first_tx.send(()).unwrap();
+                }
+            };
+            // SAFETY: this thread is the claim's only user.
+            unsafe { c.reader.land_shared(&claim, len - FORWARD_MIN_BYTES, near_end, |_| {}) }.unwrap();
+            drop(claim);
             let ok = wait_for(&mut c.reader, "a verdict", |m| match m {
                 Control::Verdict { tag, ok } if *tag == t12 => Some(*ok),
                 other => panic!("{other:?} where the verdict of {t12} belongs"),
             });
-            // SAFETY: nothing else writes `buf`.
-            tx.send((unsafe { buf.bytes(tb.offset as usize, len) }.unwrap().to_vec(), ok)).unwrap();
+            tx.send((buf.read(tb.offset as usize, len).unwrap(), ok)).unwrap();
             if round == 0 {
                 // what a receiver does with a void copy: ask again (the relay does not hold block 0 now)
                 c.writer.control(&Control::Nack { tag: t12, reason: "void copy".into() }).unwrap();
@@ -325,9 +326,9 @@ fn a_corrupt_copy_stops_at_the_first_check_and_counts_once() {
         e.go();
     }
     let mut refetched = vec![];
-    for node in 1..4 {
+    for (node, exec) in execs.iter().enumerate().skip(1) {
         loop {
-            match execs[node].events().recv_timeout(Duration::from_secs(10)).unwrap() {
+            match exec.events().recv_timeout(Duration::from_secs(10)).unwrap() {
                 Event::Done { refetched: r } => {
                     refetched.push(r);
                     break;
@@ -336,8 +337,7 @@ fn a_corrupt_copy_stops_at_the_first_check_and_counts_once() {
                 e => panic!("node {node}: {e:?}"),
             }
         }
-        // SAFETY: the multicast is over for this node; nothing writes its region.
-        assert_eq!(unsafe { regions[node].bytes(0, end) }.unwrap(), &bytes[..], "node {node}");
+        assert_eq!(exec.held_bytes(0, end as u64).unwrap(), &bytes[..], "node {node}");
     }
     assert_eq!(refetched, vec![1, 0, 0], "only node 1's own check counts");
 }

@@ -110,8 +110,7 @@ impl Run {
                     e => panic!("node {node}: {e:?}"),
                 }
             }
-            // SAFETY: the multicast is over for this node; nothing writes its region.
-            let got = unsafe { self.regions[node].bytes(0, self.bytes.len()) }.unwrap();
+            let got = self.execs[node].held_bytes(0, self.bytes.len() as u64).unwrap();
             assert!(got == &self.bytes[..], "node {node}: its region differs from the source");
         }
         refetched
@@ -222,11 +221,9 @@ fn a_write_that_was_not_granted_is_refused() {
     unsafe { link.write(&mr, tb.offset as usize, tb.len as u32, tb.offset, t.id) }.unwrap();
     let mut events = Vec::new();
     link.wait(&mut events, 3000).unwrap();
-    let reason = loop {
-        match exec.events().recv_timeout(Duration::from_secs(10)).unwrap() {
-            Event::PeerDead { node: 0, reason } => break reason,
-            e => panic!("{e:?}"),
-        }
+    let reason = match exec.events().recv_timeout(Duration::from_secs(10)).unwrap() {
+        Event::PeerDead { node: 0, reason } => reason,
+        e => panic!("{e:?}"),
     };
     assert!(reason.contains("did not grant"), "{reason}");
     assert!(!exec.holds(last), "an ungranted write is never held");
@@ -305,8 +302,7 @@ fn a_dead_sender_s_claims_end_and_a_replan_completes() {
                 e => panic!("node {n}: {e:?}"),
             }
         }
-        // SAFETY: the multicast is over for this node; nothing writes its region.
-        assert!(unsafe { regions[n].bytes(0, end) }.unwrap() == &bytes[..], "node {n}");
+        assert!(live(n).held_bytes(0, end as u64).unwrap() == &bytes[..], "node {n}");
     }
     drop(execs);
     wait_released();

@@ -1,6 +1,6 @@
 //! The netns test bed: connectivity, shaping (rate and full duplex), and clean-up on drop, panic, interrupt and
 //! stale left-overs. Every test skips with a message where namespaces are not permitted (see
-//! `Testbed::available`); CI runs them as root.
+//! `Testbed::available`), or fails there with `FAASCALE_REQUIRE_NETNS=1`; CI runs them as root with it set.
 //!
 //! `measure_scale` (ignored) measures how many nodes and how much aggregate shaped traffic this machine handles:
 //! `cargo test -p rdma --test testbed_netns -- --ignored --nocapture measure_scale`
@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rdma::testbed::{Testbed, TestbedError};
-use testbed_support::{namespaces_with_prefix, netns_or_skip, run_flows, wait_bounded, HELPER_TEST};
+use testbed_support::{namespaces_with_prefix, netns_or_skip, run_flows, skip_or_fail, wait_bounded, HELPER_TEST};
 
 /// The netns tests run one at a time, so that the rate measurements do not share the CPU with other flows.
 static MEASURE: Mutex<()> = Mutex::new(());
@@ -84,7 +84,7 @@ fn failed_setup_removes_what_it_built() {
     std::fs::create_dir_all(&dir).unwrap();
     let real_tc = ["/usr/sbin/tc", "/sbin/tc", "/usr/bin/tc"].into_iter().find(|p| std::path::Path::new(p).exists());
     let Some(real_tc) = real_tc else {
-        eprintln!("SKIP failed_setup_removes_what_it_built: tc is not in /usr/sbin, /sbin or /usr/bin");
+        skip_or_fail("failed_setup_removes_what_it_built", "tc is not in /usr/sbin, /sbin or /usr/bin");
         return;
     };
     let fake = dir.join("tc");

@@ -3,10 +3,10 @@
 
 use proptest::prelude::*;
 use rdma::verbs::endpoint::{ENDPOINT_BYTES, MAX_24_BIT};
-use rdma::verbs::{sys, Endpoint, VerbsError};
+use rdma::verbs::{sys, VerbsEndpoint, VerbsError};
 
-fn roce() -> Endpoint {
-    Endpoint {
+fn roce() -> VerbsEndpoint {
+    VerbsEndpoint {
         qpn: 0x00_1234,
         psn: 0xab_cdef,
         lid: 0,
@@ -20,11 +20,11 @@ fn roce() -> Endpoint {
     }
 }
 
-fn ib() -> Endpoint {
-    Endpoint { lid: 17, gid: [0; 16], gid_index: 0, roce: false, mtu: sys::IBV_MTU_2048, ..roce() }
+fn ib() -> VerbsEndpoint {
+    VerbsEndpoint { lid: 17, gid: [0; 16], gid_index: 0, roce: false, mtu: sys::IBV_MTU_2048, ..roce() }
 }
 
-fn field_of(r: Result<Endpoint, VerbsError>) -> &'static str {
+fn field_of(r: Result<VerbsEndpoint, VerbsError>) -> &'static str {
     match r {
         Err(VerbsError::BadEndpoint { field, .. }) => field,
         other => panic!("expected BadEndpoint, got {other:?}"),
@@ -58,8 +58,8 @@ fn format_is_pinned() {
 
 #[test]
 fn round_trips() {
-    for e in [roce(), ib(), Endpoint { qpn: MAX_24_BIT, psn: MAX_24_BIT, addr: 0, len: 0, rkey: 0, ..roce() }] {
-        assert_eq!(Endpoint::from_bytes(&e.to_bytes()).unwrap(), e);
+    for e in [roce(), ib(), VerbsEndpoint { qpn: MAX_24_BIT, psn: MAX_24_BIT, addr: 0, len: 0, rkey: 0, ..roce() }] {
+        assert_eq!(VerbsEndpoint::from_bytes(&e.to_bytes()).unwrap(), e);
     }
 }
 
@@ -67,13 +67,13 @@ fn round_trips() {
 fn truncated_and_overlong_input_is_refused() {
     let b = roce().to_bytes();
     for n in 0..ENDPOINT_BYTES {
-        let err = Endpoint::from_bytes(&b[..n]).unwrap_err();
+        let err = VerbsEndpoint::from_bytes(&b[..n]).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{n} bytes: {err}");
         assert!(matches!(err, VerbsError::BadEndpoint { field: "length", .. }));
     }
     let mut long = b.to_vec();
     long.push(0);
-    assert_eq!(field_of(Endpoint::from_bytes(&long)), "length");
+    assert_eq!(field_of(VerbsEndpoint::from_bytes(&long)), "length");
 }
 
 #[test]
@@ -82,7 +82,7 @@ fn each_bad_field_is_named() {
     let with = |f: &dyn Fn(&mut [u8; ENDPOINT_BYTES])| {
         let mut b = good;
         f(&mut b);
-        Endpoint::from_bytes(&b)
+        VerbsEndpoint::from_bytes(&b)
     };
     assert_eq!(field_of(with(&|b| b[0] = b'X')), "magic");
     assert_eq!(field_of(with(&|b| b[4] = 2)), "version");
@@ -95,22 +95,22 @@ fn each_bad_field_is_named() {
     assert_eq!(field_of(with(&|b| b[40..56].fill(0xff))), "len");
     // InfiniBand (flag clear) needs a LID.
     assert_eq!(field_of(with(&|b| b[6] = 0)), "lid");
-    assert_eq!(field_of(Endpoint::from_bytes(&[0xAA; ENDPOINT_BYTES])), "magic");
+    assert_eq!(field_of(VerbsEndpoint::from_bytes(&[0xAA; ENDPOINT_BYTES])), "magic");
 }
 
 #[test]
 fn mtu_codes() {
-    assert_eq!(Endpoint::mtu_bytes(sys::IBV_MTU_256), Some(256));
-    assert_eq!(Endpoint::mtu_bytes(sys::IBV_MTU_4096), Some(4096));
-    assert_eq!(Endpoint::mtu_bytes(0), None);
-    assert_eq!(Endpoint::mtu_bytes(6), None);
+    assert_eq!(VerbsEndpoint::mtu_bytes(sys::IBV_MTU_256), Some(256));
+    assert_eq!(VerbsEndpoint::mtu_bytes(sys::IBV_MTU_4096), Some(4096));
+    assert_eq!(VerbsEndpoint::mtu_bytes(0), None);
+    assert_eq!(VerbsEndpoint::mtu_bytes(6), None);
 }
 
 proptest! {
     /// Arbitrary bytes never panic, and whatever is accepted re-encodes to the same bytes.
     #[test]
     fn arbitrary_bytes_are_refused_or_canonical(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
-        if let Ok(e) = Endpoint::from_bytes(&bytes) {
+        if let Ok(e) = VerbsEndpoint::from_bytes(&bytes) {
             prop_assert_eq!(&e.to_bytes()[..], &bytes[..]);
         }
     }
@@ -121,7 +121,7 @@ proptest! {
     fn single_byte_mutations(pos in 0..ENDPOINT_BYTES, val in any::<u8>()) {
         let mut b = roce().to_bytes();
         b[pos] = val;
-        match Endpoint::from_bytes(&b) {
+        match VerbsEndpoint::from_bytes(&b) {
             Ok(e) => prop_assert_eq!(e.to_bytes(), b),
             Err(VerbsError::BadEndpoint { .. }) => {}
             Err(other) => prop_assert!(false, "unexpected error {other:?}"),

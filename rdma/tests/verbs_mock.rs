@@ -11,8 +11,8 @@ use proptest::prelude::*;
 use rdma::tcp::{self, Conn};
 use rdma::verbs::sys::{self, LoadError};
 use rdma::verbs::{
-    self, Access, CompletionQueue, Context, Endpoint, LinkConfig, LinkEvent, MemoryKind, MemoryRegion, Probe,
-    ProtectionDomain, QpConfig, QpState, QueuePair, RemoteRegion, VerbsError, VerbsLink, WorkCompletion,
+    self, Access, CompletionQueue, Context, LinkConfig, LinkEvent, MemoryKind, MemoryRegion, Probe, ProtectionDomain,
+    QpConfig, QpState, QueuePair, RemoteRegion, VerbsEndpoint, VerbsError, VerbsLink, WorkCompletion,
 };
 use rdma::{Error, Secret};
 
@@ -96,8 +96,8 @@ fn pair_with(port: u8, recvs: u64, cfg: QpConfig) -> Pair {
     let source = Buffer::new(&pd, SOURCE_BYTES, |i| (i * 7 + i / 251) as u8, Access::LOCAL);
     let wire_a = a.qp.endpoint(Some(&a.landing.mr)).to_bytes();
     let wire_b = b.qp.endpoint(Some(&b.landing.mr)).to_bytes();
-    let end_a = Endpoint::from_bytes(&wire_a).unwrap();
-    let end_b = Endpoint::from_bytes(&wire_b).unwrap();
+    let end_a = VerbsEndpoint::from_bytes(&wire_a).unwrap();
+    let end_b = VerbsEndpoint::from_bytes(&wire_b).unwrap();
     b.qp.to_init().unwrap();
     for i in 0..recvs {
         b.qp.post_recv(100 + i).unwrap();
@@ -376,7 +376,7 @@ fn a_write_without_a_posted_receive_is_receiver_not_ready() {
 #[test]
 fn a_wrong_psn_or_gid_or_qpn_never_arrives() {
     let Some(_g) = setup() else { return };
-    type Tamper = fn(&mut Endpoint);
+    type Tamper = fn(&mut VerbsEndpoint);
     let cases: [(&str, Tamper); 3] =
         [("psn", |e| e.psn = (e.psn + 1) & 0xff_ffff), ("gid", |e| e.gid[15] ^= 1), ("qpn", |e| e.qpn ^= 0x40)];
     for (what, tamper) in cases {
@@ -390,8 +390,8 @@ fn a_wrong_psn_or_gid_or_qpn_never_arrives() {
         let mut end_b = b.qp.endpoint(Some(&b.landing.mr));
         tamper(&mut end_a);
         tamper(&mut end_b);
-        let end_a = Endpoint::from_bytes(&end_a.to_bytes()).unwrap();
-        let end_b = Endpoint::from_bytes(&end_b.to_bytes()).unwrap();
+        let end_a = VerbsEndpoint::from_bytes(&end_a.to_bytes()).unwrap();
+        let end_b = VerbsEndpoint::from_bytes(&end_b.to_bytes()).unwrap();
         b.qp.to_init().unwrap();
         b.qp.post_recv(1).unwrap();
         b.qp.connect(&end_a).unwrap();
@@ -680,7 +680,7 @@ fn a_bad_bootstrap_message_is_refused_with_its_reason() {
     // A valid endpoint whose QP never connects back, then something other than the ready message.
     let ((sent, _cb), (r, _ca)) = bootstrap(
         |c| {
-            let e = Endpoint {
+            let e = VerbsEndpoint {
                 qpn: 0x123,
                 psn: 2,
                 lid: 0,
@@ -733,8 +733,9 @@ fn a_link_carries_blocks_between_two_threads() {
     let Some(_g) = setup() else { return };
     const BLOCK: usize = 128;
     const BLOCKS: usize = LANDING_BYTES / BLOCK;
-    // A receiver descheduled for a while must not fail the writer: an RNR window of 6 × 10.24 ms.
-    let cfg = QpConfig { max_send_wr: LINK_DEPTH, max_recv_wr: LINK_DEPTH, min_rnr_timer: 20, ..QpConfig::default() };
+    // A receiver descheduled for a while must not fail the writer: an RNR window of 6 × 40.96 ms
+    // (about 250 ms: on a loaded 2-core machine 6 × 10.24 ms was too short for a descheduled reader).
+    let cfg = QpConfig { max_send_wr: LINK_DEPTH, max_recv_wr: LINK_DEPTH, min_rnr_timer: 24, ..QpConfig::default() };
     let ((b, _cb), (a, _ca)) =
         bootstrap(move |c| link_side_with(c, ROCE_PORT_B, 3, cfg), |c| link_side_with(c, ROCE_PORT, 4, cfg));
     let (mut a, mut b) = (a.unwrap(), b.unwrap());

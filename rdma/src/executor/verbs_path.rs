@@ -12,7 +12,9 @@
 //! destroyed first, so nothing more can land). Writes come only from held, verified copies: the
 //! data path stores and forwards (plans for it use `Forwarding::StoreAndForward`).
 
-use super::{report_protocol, split_tag, Shared, HELD, LANDING, MAX_REFETCHES, MISSING, MODEL_REGION};
+use super::receiving::{describe, report_protocol};
+use super::slots::SlotState;
+use super::{split_tag, Shared, MAX_REFETCHES, MODEL_REGION};
 use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::region::{MemKind, Region};
@@ -30,6 +32,18 @@ pub struct VerbsConfig {
     /// RDMA device name (`None`: the first one listed).
     pub device: Option<String>,
     pub link: LinkConfig,
+}
+
+impl VerbsConfig {
+    /// The configuration the coordinator's setup names (`control::Transport`), `None` for TCP.
+    pub fn from_transport(t: &crate::control::Transport) -> Option<VerbsConfig> {
+        match t {
+            crate::control::Transport::Tcp => None,
+            crate::control::Transport::Verbs { device, port } => {
+                Some(VerbsConfig { device: device.clone(), link: LinkConfig { port: *port, ..LinkConfig::default() } })
+            }
+        }
+    }
 }
 
 /// A receiver's completion poller sleeps this long when its queue is empty.
@@ -144,7 +158,7 @@ pub(super) fn claim(
         return old == tag;
     }
     let slot = &sh.slots[t.block as usize];
-    if slot.state.compare_exchange(MISSING, LANDING, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+    if !slot.transition(SlotState::Missing, SlotState::Landing) {
         return false;
     }
     slot.landed.store(0, Ordering::Relaxed);
@@ -155,8 +169,8 @@ pub(super) fn claim(
 /// Ends a claim without a landing: the block is missing again and may be granted to anyone.
 fn release(sh: &Shared, b: u32) {
     let slot = &sh.slots[b as usize];
-    if slot.state.compare_exchange(LANDING, MISSING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-        slot.attempt.fetch_add(1, Ordering::Relaxed);
+    if slot.transition(SlotState::Landing, SlotState::Missing) {
+        slot.next_attempt();
     }
     sh.bump();
 }
@@ -172,15 +186,16 @@ pub(super) fn send(sh: &Shared, v: &VerbsData, t: &Transfer, tag: u64, corrupt: 
     let mut link = link.lock().unwrap_or_else(|p| p.into_inner());
     let (src, src_offset) = match (&v.scratch, &v._scratch_bytes) {
         (Some(mr), Some(_)) if corrupt => {
-            let range = sh.region.check(MODEL_REGION, tb.offset, tb.len)?;
-            // SAFETY: the block is held (never rewritten); the scratch buffer is ours, registered
-            // over `_scratch_bytes`, and no write from it is in flight (each send waits for its
-            // completion); it is at least one block long (sized so at start).
+            // SAFETY: the block is held, and a held block is never written again.
+            let bytes = unsafe { sh.claim.bytes_shared(tb.offset, tb.len)? };
+            let dst = mr.addr() as *mut u8;
+            // SAFETY: the scratch buffer is ours, registered over `_scratch_bytes`, at least one
+            // block long (sized so at start), not the region (no overlap), and nothing reads or
+            // writes it now: no write from it is in flight (each send waits for its completion).
+            // Written through the raw pointer; no reference to it is made.
             unsafe {
-                let bytes = sh.region.host_bytes(range)?;
-                let dst = std::slice::from_raw_parts_mut(mr.addr() as *mut u8, bytes.len());
-                dst.copy_from_slice(bytes);
-                dst[bytes.len() / 2] ^= 0x10;
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+                *dst.add(bytes.len() / 2) ^= 0x10;
             }
             log::warn!("node {}: test hook: flipping a bit of transfer {} (block {}) in flight", sh.me, t.id, t.block);
             (mr, 0usize)
@@ -257,10 +272,7 @@ pub(super) fn serve(sh: &Arc<Shared>, peer: u32, link: VerbsLink, mut conn: Conn
             Ok(crate::tcp::Incoming::Close(_)) => break,
             Ok(other) => Err(Error::Protocol {
                 peer: format!("node {peer}"),
-                reason: format!(
-                    "only declines may come over TCP on a verbs data connection, got {}",
-                    super::describe(&other)
-                ),
+                reason: format!("only declines may come over TCP on a verbs data connection, got {}", describe(&other)),
             }),
             Err(e) => Err(e),
         };
@@ -287,7 +299,7 @@ fn poll_loop(sh: &Arc<Shared>, peer: u32, mut link: VerbsLink, w: &ConnWriter, g
             }
             Ok(0) => {
                 idle += 1;
-                if idle % DEAD_CHECK_POLLS == 0 && sh.lock().dead.get(peer as usize).copied().unwrap_or(true) {
+                if idle.is_multiple_of(DEAD_CHECK_POLLS) && sh.lock().dead.get(peer as usize).copied().unwrap_or(true) {
                     break;
                 }
                 std::thread::sleep(IDLE_POLL);
@@ -325,7 +337,7 @@ fn poll_loop(sh: &Arc<Shared>, peer: u32, mut link: VerbsLink, w: &ConnWriter, g
 fn release_peer(sh: &Shared, peer: u32) {
     let blocks: Vec<u32> = {
         let mut st = sh.lock();
-        st.verbs_links.remove(&peer);
+        st.recv.verbs_links.remove(&peer);
         take_claims(&mut st, peer)
     };
     for b in blocks {
@@ -336,8 +348,8 @@ fn release_peer(sh: &Shared, peer: u32) {
 }
 
 fn take_claims(st: &mut super::State, peer: u32) -> Vec<u32> {
-    let mine: Vec<(u32, u32)> = st.claims.keys().filter(|k| k.0 == peer).copied().collect();
-    mine.iter().filter_map(|k| st.claims.remove(k)).map(|(_, b)| b).collect()
+    let mine: Vec<(u32, u32)> = st.recv.claims.keys().filter(|k| k.0 == peer).copied().collect();
+    mine.iter().filter_map(|k| st.recv.claims.remove(k)).map(|(_, b)| b).collect()
 }
 
 /// `peer` was declared dead. With no link up it can never write (a link set up later is refused,
@@ -346,10 +358,10 @@ fn take_claims(st: &mut super::State, peer: u32) -> Vec<u32> {
 pub(super) fn peer_dead(sh: &Shared, peer: u32) {
     let blocks = {
         let mut st = sh.lock();
-        if st.verbs_links.contains(&peer) {
+        if st.recv.verbs_links.contains(&peer) {
             return;
         }
-        st.pending_grants.remove(&peer);
+        st.grants.pending_grants.remove(&peer);
         take_claims(&mut st, peer)
     };
     for b in blocks {
@@ -362,9 +374,9 @@ fn declined(sh: &Shared, peer: u32, tag: u64) {
     let (_, id) = split_tag(tag);
     let block = {
         let mut st = sh.lock();
-        match st.claims.get(&(peer, id)) {
+        match st.recv.claims.get(&(peer, id)) {
             Some(&(t, b)) if t == tag => {
-                st.claims.remove(&(peer, id));
+                st.recv.claims.remove(&(peer, id));
                 Some(b)
             }
             _ => None,
@@ -382,6 +394,7 @@ fn arrived(sh: &Shared, peer: u32, id: u32, len: u32, w: &ConnWriter) -> Result<
     let bad = |reason: String| Error::Protocol { peer: format!("node {peer}"), reason };
     let (tag, b) = sh
         .lock()
+        .recv
         .claims
         .remove(&(peer, id))
         .ok_or_else(|| bad(format!("an RDMA write of transfer {id} that we did not grant")))?;
@@ -390,10 +403,9 @@ fn arrived(sh: &Shared, peer: u32, id: u32, len: u32, w: &ConnWriter) -> Result<
         release(sh, b);
         return Err(bad(format!("transfer {id} wrote {len} bytes; block {b} has {}", tb.len)));
     }
-    let range = sh.region.check(MODEL_REGION, tb.offset, tb.len)?;
     // SAFETY: the block is claimed for this write, which has completed; nobody else may write it
     // until the claim ends (below, on this thread).
-    let crc = crc32c::crc32c(unsafe { sh.region.host_bytes(range)? });
+    let crc = crc32c::crc32c(unsafe { sh.claim.bytes_shared(tb.offset, tb.len)? });
     if crc == tb.crc32c {
         sh.mark_held(b);
         return Ok(());
@@ -401,8 +413,8 @@ fn arrived(sh: &Shared, peer: u32, id: u32, len: u32, w: &ConnWriter) -> Result<
     let reason = format!("block {b} crc32c {crc:08x}, expected {:08x}", tb.crc32c);
     let count = {
         let mut st = sh.lock();
-        st.refetched += 1;
-        let c = st.nacks.entry(tag).or_insert(0);
+        st.recv.refetched += 1;
+        let c = st.recv.nacks.entry(tag).or_insert(0);
         *c += 1;
         *c
     };
@@ -415,9 +427,9 @@ fn arrived(sh: &Shared, peer: u32, id: u32, len: u32, w: &ConnWriter) -> Result<
     let slot = &sh.slots[b as usize];
     let again = {
         let mut st = sh.lock();
-        slot.attempt.fetch_add(1, Ordering::Relaxed);
-        if slot.state.load(Ordering::SeqCst) == LANDING {
-            st.claims.insert((peer, id), (tag, b));
+        slot.next_attempt();
+        if slot.state(Ordering::SeqCst) == SlotState::Landing {
+            st.recv.claims.insert((peer, id), (tag, b));
             true
         } else {
             false
@@ -426,7 +438,7 @@ fn arrived(sh: &Shared, peer: u32, id: u32, len: u32, w: &ConnWriter) -> Result<
     sh.bump();
     if again {
         w.control(&Control::Nack { tag, reason })?;
-    } else if slot.state.load(Ordering::SeqCst) != HELD {
+    } else if slot.state(Ordering::SeqCst) != SlotState::Held {
         release(sh, b);
     }
     Ok(())

@@ -30,7 +30,7 @@ pub const MAX_24_BIT: u32 = 0x00ff_ffff;
 
 /// One side's connection data and the region it offers for RDMA writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Endpoint {
+pub struct VerbsEndpoint {
     pub qpn: u32,
     pub psn: u32,
     pub lid: u16,
@@ -49,8 +49,8 @@ fn bad(field: &'static str, detail: String) -> VerbsError {
     VerbsError::BadEndpoint { field, detail }
 }
 
-impl Endpoint {
-    /// Checks every field's range (as [`Endpoint::from_bytes`] does for received bytes).
+impl VerbsEndpoint {
+    /// Checks every field's range (as [`VerbsEndpoint::from_bytes`] does for received bytes).
     pub fn validate(&self) -> Result<(), VerbsError> {
         if self.qpn > MAX_24_BIT {
             return Err(bad("qpn", format!("{:#x} exceeds 24 bits", self.qpn)));
@@ -91,7 +91,7 @@ impl Endpoint {
     }
 
     /// Parses and validates bytes received from a peer.
-    pub fn from_bytes(b: &[u8]) -> Result<Endpoint, VerbsError> {
+    pub fn from_bytes(b: &[u8]) -> Result<VerbsEndpoint, VerbsError> {
         if b.len() != ENDPOINT_BYTES {
             let what = if b.len() < ENDPOINT_BYTES { "truncated" } else { "trailing bytes" };
             return Err(bad("length", format!("{what}: {} bytes, expected {ENDPOINT_BYTES}", b.len())));
@@ -116,7 +116,7 @@ impl Endpoint {
         }
         let mut gid = [0u8; 16];
         gid.copy_from_slice(&b[24..40]);
-        let e = Endpoint {
+        let e = VerbsEndpoint {
             qpn: u32_at(8),
             psn: u32_at(12),
             lid: u16_at(16),

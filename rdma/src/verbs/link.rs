@@ -5,7 +5,7 @@
 //! Bootstrap, on a fresh authenticated connection, both sides the same (no one waits on the other
 //! to speak first: each sends, then reads):
 //! 1. create the QP, move it to INIT and post every receive it has room for;
-//! 2. send our [`Endpoint`] (the QP and the landing region we offer) as one `Message` frame, read
+//! 2. send our [`VerbsEndpoint`] (the QP and the landing region we offer) as one `Message` frame, read
 //!    the peer's;
 //! 3. INIT → RTR → RTS towards it;
 //! 4. send [`LINK_READY`], read the peer's: after it, the peer has receives posted and is past RTR,
@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cq::{CompletionQueue, WorkCompletion};
-use super::endpoint::Endpoint;
+use super::endpoint::VerbsEndpoint;
 use super::error::VerbsError;
 use super::memory::{MemoryRegion, ProtectionDomain};
 use super::qp::{QpConfig, QueuePair, RemoteRegion};
@@ -181,7 +181,7 @@ impl VerbsLink {
 
         conn.writer.message(&link.qp.endpoint(Some(&link.landing)).to_bytes())?;
         let theirs = recv_message(conn, "the peer's verbs endpoint")?;
-        let remote = Endpoint::from_bytes(&theirs)?;
+        let remote = VerbsEndpoint::from_bytes(&theirs)?;
         link.qp.to_rtr(&remote)?;
         link.qp.to_rts()?;
         link.remote = RemoteRegion::from(&remote);

@@ -13,7 +13,7 @@
 //! let cq = CompletionQueue::new(&ctx, 1024)?;
 //! let mr = unsafe { MemoryRegion::register(&pd, ptr, len, MemoryKind::Host, Access::REMOTE_WRITE)? };
 //! let mut qp = QueuePair::new(&pd, &cq, &cq, 1, None, QpConfig::default())?;
-//! send(qp.endpoint(Some(&mr)).to_bytes());  let remote = Endpoint::from_bytes(&received)?;
+//! send(qp.endpoint(Some(&mr)).to_bytes());  let remote = VerbsEndpoint::from_bytes(&received)?;
 //! qp.to_init()?;  for i in 0..n { qp.post_recv(i)? }  qp.to_rtr(&remote)?;  qp.to_rts()?;
 //! unsafe { qp.post_write_with_imm(id, &mr, off, len, RemoteRegion::from(&remote), roff, block_id)? };
 //! cq.poll(&mut wc)?;
@@ -46,7 +46,7 @@ use std::fmt;
 
 pub use context::{device_names, Context, DeviceInfo, PortInfo};
 pub use cq::{CompletionQueue, WorkCompletion};
-pub use endpoint::{Endpoint, ENDPOINT_BYTES};
+pub use endpoint::{VerbsEndpoint, ENDPOINT_BYTES};
 pub use error::VerbsError;
 pub use link::{LinkConfig, LinkEvent, VerbsLink, LINK_FAILED, LINK_READY};
 pub use memory::{peermem_loaded, Access, MemoryKind, MemoryRegion, ProtectionDomain};
@@ -109,7 +109,7 @@ impl fmt::Display for Probe {
                         p.device,
                         p.info.port,
                         if p.info.is_roce() { "RoCE" } else { "InfiniBand" },
-                        Endpoint::mtu_bytes(p.info.active_mtu).unwrap_or(0),
+                        VerbsEndpoint::mtu_bytes(p.info.active_mtu).unwrap_or(0),
                         if *peermem_loaded { "via nvidia_peermem" } else { "unavailable (nvidia_peermem not loaded)" }
                     ),
                     None => write!(f, "verbs: available"),

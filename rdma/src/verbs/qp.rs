@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::context::PortInfo;
 use super::cq::CompletionQueue;
-use super::endpoint::{Endpoint, MAX_24_BIT};
+use super::endpoint::{VerbsEndpoint, MAX_24_BIT};
 use super::error::VerbsError;
 use super::memory::{MemoryRegion, ProtectionDomain};
 use super::result::{self, Result};
@@ -113,8 +113,8 @@ pub struct RemoteRegion {
     pub rkey: u32,
 }
 
-impl From<&Endpoint> for RemoteRegion {
-    fn from(e: &Endpoint) -> Self {
+impl From<&VerbsEndpoint> for RemoteRegion {
+    fn from(e: &VerbsEndpoint) -> Self {
         RemoteRegion { addr: e.addr, len: e.len, rkey: e.rkey }
     }
 }
@@ -258,8 +258,8 @@ impl QueuePair {
     }
 
     /// This side's connection data, offering `region` (if any) for the peer's WRITEs.
-    pub fn endpoint(&self, region: Option<&MemoryRegion>) -> Endpoint {
-        Endpoint {
+    pub fn endpoint(&self, region: Option<&MemoryRegion>) -> VerbsEndpoint {
+        VerbsEndpoint {
             qpn: self.qpn(),
             psn: self.psn,
             lid: self.port.lid,
@@ -303,7 +303,7 @@ impl QueuePair {
 
     /// INIT → RTR: point at the remote QP (RoCE: GRH with the remote GID from our GID index;
     /// InfiniBand: the remote LID), path MTU = the smaller active MTU.
-    pub fn to_rtr(&mut self, remote: &Endpoint) -> Result<()> {
+    pub fn to_rtr(&mut self, remote: &VerbsEndpoint) -> Result<()> {
         self.expect_state("ibv_modify_qp", QpState::Init)?;
         remote.validate()?;
         if remote.roce != self.port.is_roce() {
@@ -367,7 +367,7 @@ impl QueuePair {
     }
 
     /// Runs whichever of INIT, RTR, RTS remain, towards `remote`.
-    pub fn connect(&mut self, remote: &Endpoint) -> Result<()> {
+    pub fn connect(&mut self, remote: &VerbsEndpoint) -> Result<()> {
         if self.state == QpState::Reset {
             self.to_init()?;
         }

@@ -51,7 +51,8 @@ pub fn get_device_list() -> Result<(NonNull<*mut sys::ibv_device>, usize)> {
 /// valid, as the man page states).
 pub unsafe fn free_device_list(list: NonNull<*mut sys::ibv_device>) -> Result<()> {
     let lib = lib()?;
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     unsafe { (lib.ibv_free_device_list)(list.as_ptr()) };
     Ok(())
 }
@@ -62,7 +63,7 @@ pub unsafe fn free_device_list(list: NonNull<*mut sys::ibv_device>) -> Result<()
 /// `device` is an entry of a live device list.
 pub unsafe fn get_device_name(device: NonNull<sys::ibv_device>) -> Result<String> {
     let lib = lib()?;
-    // SAFETY: caller contract; the name is NUL-terminated and lives as long as the list.
+    // SAFETY: the caller meets the `# Safety` contract above; the name is NUL-terminated and lives as long as the list.
     let p = unsafe { (lib.ibv_get_device_name)(device.as_ptr()) };
     if p.is_null() {
         return Ok(String::new());
@@ -77,7 +78,8 @@ pub unsafe fn get_device_name(device: NonNull<sys::ibv_device>) -> Result<String
 /// `device` is an entry of a live device list.
 pub unsafe fn open_device(device: NonNull<sys::ibv_device>, name: &str) -> Result<NonNull<sys::ibv_context>> {
     let lib = lib()?;
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     let ctx = unsafe { (lib.ibv_open_device)(device.as_ptr()) };
     NonNull::new(ctx).ok_or_else(|| VerbsError::OpenDevice { device: name.to_string(), errno: last_errno() })
 }
@@ -88,7 +90,8 @@ pub unsafe fn open_device(device: NonNull<sys::ibv_device>, name: &str) -> Resul
 /// `ctx` is open, every object created in it is destroyed, and it is not used afterwards.
 pub unsafe fn close_device(ctx: NonNull<sys::ibv_context>, name: &str) -> Result<()> {
     let lib = lib()?;
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     let rc = unsafe { (lib.ibv_close_device)(ctx.as_ptr()) };
     if rc == 0 {
         Ok(())
@@ -105,7 +108,7 @@ pub unsafe fn query_device(ctx: NonNull<sys::ibv_context>, name: &str) -> Result
     let lib = lib()?;
     // SAFETY: ibv_device_attr is plain data; all-zero is a valid value.
     let mut attr: sys::ibv_device_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: caller contract; attr is a valid out-pointer of the declared type.
+    // SAFETY: the caller meets the `# Safety` contract above; attr is a valid out-pointer of the declared type.
     let rc = unsafe { (lib.ibv_query_device)(ctx.as_ptr(), &mut attr) };
     if rc == 0 {
         Ok(attr)
@@ -124,7 +127,7 @@ pub unsafe fn query_port(ctx: NonNull<sys::ibv_context>, name: &str, port: u8) -
     // SAFETY: ibv_port_attr is plain data; all-zero is a valid value (and the header's inline
     // zeroes it before this same call).
     let mut attr: sys::ibv_port_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: caller contract; the symbol writes at most sizeof(_compat_ibv_port_attr), a
+    // SAFETY: the caller meets the `# Safety` contract above; the symbol writes at most sizeof(_compat_ibv_port_attr), a
     // prefix of ibv_port_attr.
     let rc = unsafe { (lib.ibv_query_port)(ctx.as_ptr(), port, &mut attr) };
     if rc == 0 {
@@ -145,7 +148,7 @@ pub unsafe fn query_gid(ctx: NonNull<sys::ibv_context>, name: &str, port: u8, in
         what: format!("GID index {index} does not fit a C int"),
     })?;
     let mut gid = sys::ibv_gid { raw: [0; 16] };
-    // SAFETY: caller contract; gid is a valid out-pointer.
+    // SAFETY: the caller meets the `# Safety` contract above; gid is a valid out-pointer.
     let rc = unsafe { (lib.ibv_query_gid)(ctx.as_ptr(), port, c_index, &mut gid) };
     if rc == 0 {
         // SAFETY: every bit pattern of the union is a valid [u8; 16].
@@ -173,7 +176,7 @@ pub unsafe fn query_gid_ex(
     }))?;
     // SAFETY: plain data; all-zero is valid.
     let mut entry: sys::ibv_gid_entry = unsafe { std::mem::zeroed() };
-    // SAFETY: caller contract; entry is a valid out-pointer of the size passed (as the inline
+    // SAFETY: the caller meets the `# Safety` contract above; entry is a valid out-pointer of the size passed (as the inline
     // passes sizeof(*entry)); flags 0 as documented.
     let rc = unsafe { f(ctx.as_ptr(), u32::from(port), index, &mut entry, 0, std::mem::size_of_val(&entry)) };
     match rc {
@@ -189,7 +192,8 @@ pub unsafe fn query_gid_ex(
 /// `ctx` is open.
 pub unsafe fn alloc_pd(ctx: NonNull<sys::ibv_context>, name: &str) -> Result<NonNull<sys::ibv_pd>> {
     let lib = lib()?;
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     let pd = unsafe { (lib.ibv_alloc_pd)(ctx.as_ptr()) };
     NonNull::new(pd).ok_or_else(|| VerbsError::AllocPd { device: name.to_string(), errno: last_errno() })
 }
@@ -200,7 +204,8 @@ pub unsafe fn alloc_pd(ctx: NonNull<sys::ibv_context>, name: &str) -> Result<Non
 /// `pd` is live, has no MR or QP left, and is not used afterwards.
 pub unsafe fn dealloc_pd(pd: NonNull<sys::ibv_pd>) -> Result<()> {
     let lib = lib()?;
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     let rc = unsafe { (lib.ibv_dealloc_pd)(pd.as_ptr()) };
     if rc == 0 {
         Ok(())
@@ -229,7 +234,8 @@ pub unsafe fn reg_mr(
             what: format!("access flags {access:#x} include optional flags, which need ibv_reg_mr_iova2"),
         });
     }
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     let mr = unsafe { (lib.ibv_reg_mr)(pd.as_ptr(), addr.cast(), len, access) };
     NonNull::new(mr).ok_or_else(|| VerbsError::RegMr {
         addr: addr as usize,
@@ -248,7 +254,8 @@ pub unsafe fn dereg_mr(mr: NonNull<sys::ibv_mr>) -> Result<()> {
     let lib = lib()?;
     // SAFETY: mr is live (caller contract); read lkey for the error before it is freed.
     let lkey = unsafe { (*mr.as_ptr()).lkey };
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     let rc = unsafe { (lib.ibv_dereg_mr)(mr.as_ptr()) };
     if rc == 0 {
         Ok(())
@@ -267,7 +274,7 @@ pub unsafe fn create_cq(ctx: NonNull<sys::ibv_context>, cqe: u32) -> Result<NonN
         call: "ibv_create_cq",
         what: format!("{cqe} entries does not fit a C int"),
     })?;
-    // SAFETY: caller contract; null cq_context and channel are allowed.
+    // SAFETY: the caller meets the `# Safety` contract above; null cq_context and channel are allowed.
     let cq = unsafe { (lib.ibv_create_cq)(ctx.as_ptr(), c_cqe, ptr::null_mut(), ptr::null_mut(), 0) };
     NonNull::new(cq).ok_or_else(|| VerbsError::CreateCq { cqe, errno: last_errno() })
 }
@@ -278,7 +285,8 @@ pub unsafe fn create_cq(ctx: NonNull<sys::ibv_context>, cqe: u32) -> Result<NonN
 /// `cq` is live, no QP uses it any more, and it is not used afterwards.
 pub unsafe fn destroy_cq(cq: NonNull<sys::ibv_cq>) -> Result<()> {
     let lib = lib()?;
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     let rc = unsafe { (lib.ibv_destroy_cq)(cq.as_ptr()) };
     if rc == 0 {
         Ok(())
@@ -294,7 +302,7 @@ pub unsafe fn destroy_cq(cq: NonNull<sys::ibv_cq>) -> Result<()> {
 pub unsafe fn create_qp(pd: NonNull<sys::ibv_pd>, attr: &mut sys::ibv_qp_init_attr) -> Result<NonNull<sys::ibv_qp>> {
     let lib = lib()?;
     let (max_send_wr, max_recv_wr) = (attr.cap.max_send_wr, attr.cap.max_recv_wr);
-    // SAFETY: caller contract; attr is a valid in/out pointer.
+    // SAFETY: the caller meets the `# Safety` contract above; attr is a valid in/out pointer.
     let qp = unsafe { (lib.ibv_create_qp)(pd.as_ptr(), attr) };
     NonNull::new(qp).ok_or_else(|| VerbsError::CreateQp { max_send_wr, max_recv_wr, errno: last_errno() })
 }
@@ -316,9 +324,10 @@ fn state_name(state: sys::ibv_qp_state) -> &'static str {
 /// `qp` is live.
 pub unsafe fn modify_qp(qp: NonNull<sys::ibv_qp>, attr: &mut sys::ibv_qp_attr, mask: c_int) -> Result<()> {
     let lib = lib()?;
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     let qpn = unsafe { (*qp.as_ptr()).qp_num };
-    // SAFETY: caller contract; attr is valid for the fields `mask` names.
+    // SAFETY: the caller meets the `# Safety` contract above; attr is valid for the fields `mask` names.
     let rc = unsafe { (lib.ibv_modify_qp)(qp.as_ptr(), attr, mask) };
     if rc == 0 {
         Ok(())
@@ -333,9 +342,11 @@ pub unsafe fn modify_qp(qp: NonNull<sys::ibv_qp>, attr: &mut sys::ibv_qp_attr, m
 /// `qp` is live and not used afterwards.
 pub unsafe fn destroy_qp(qp: NonNull<sys::ibv_qp>) -> Result<()> {
     let lib = lib()?;
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     let qpn = unsafe { (*qp.as_ptr()).qp_num };
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     let rc = unsafe { (lib.ibv_destroy_qp)(qp.as_ptr()) };
     if rc == 0 {
         Ok(())
@@ -351,9 +362,10 @@ pub unsafe fn destroy_qp(qp: NonNull<sys::ibv_qp>) -> Result<()> {
 /// neither freed nor written by the CPU until the request's completion has been polled.
 pub unsafe fn post_send(qp: NonNull<sys::ibv_qp>, wr: &mut sys::ibv_send_wr) -> Result<()> {
     let mut bad: *mut sys::ibv_send_wr = ptr::null_mut();
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     let (qpn, wr_id) = (unsafe { (*qp.as_ptr()).qp_num }, wr.wr_id);
-    // SAFETY: caller contract; bad is a valid out-pointer.
+    // SAFETY: the caller meets the `# Safety` contract above; bad is a valid out-pointer.
     let rc = unsafe { sys::ibv_post_send(qp.as_ptr(), wr, &mut bad) };
     if rc == 0 {
         Ok(())
@@ -369,9 +381,10 @@ pub unsafe fn post_send(qp: NonNull<sys::ibv_qp>, wr: &mut sys::ibv_send_wr) -> 
 /// and stays valid until the completion has been polled.
 pub unsafe fn post_recv(qp: NonNull<sys::ibv_qp>, wr: &mut sys::ibv_recv_wr) -> Result<()> {
     let mut bad: *mut sys::ibv_recv_wr = ptr::null_mut();
-    // SAFETY: caller contract.
+    // SAFETY: the caller meets the `# Safety` contract above, which is all this libibverbs call
+    // requires; the function pointer comes from the loaded library (`lib()`).
     let (qpn, wr_id) = (unsafe { (*qp.as_ptr()).qp_num }, wr.wr_id);
-    // SAFETY: caller contract; bad is a valid out-pointer.
+    // SAFETY: the caller meets the `# Safety` contract above; bad is a valid out-pointer.
     let rc = unsafe { sys::ibv_post_recv(qp.as_ptr(), wr, &mut bad) };
     if rc == 0 {
         Ok(())
@@ -387,7 +400,7 @@ pub unsafe fn post_recv(qp: NonNull<sys::ibv_qp>, wr: &mut sys::ibv_recv_wr) -> 
 /// `cq` is live.
 pub unsafe fn poll_cq(cq: NonNull<sys::ibv_cq>, wc: &mut [sys::ibv_wc]) -> Result<usize> {
     let n = c_int::try_from(wc.len()).unwrap_or(c_int::MAX);
-    // SAFETY: caller contract; wc has room for n entries.
+    // SAFETY: the caller meets the `# Safety` contract above; wc has room for n entries.
     let rc = unsafe { sys::ibv_poll_cq(cq.as_ptr(), n, wc.as_mut_ptr()) };
     usize::try_from(rc).map_err(|_| VerbsError::PollCq { rc })
 }

@@ -52,12 +52,27 @@ impl FlowResult {
     }
 }
 
-/// `Some(())` when netns tests can run; otherwise prints why and returns `None` (the test then skips).
+/// Whether a machine that cannot run a netns test must fail it (`FAASCALE_REQUIRE_NETNS=1`, as
+/// CI sets in scripts/test.sh) instead of skipping it.
+pub fn netns_required() -> bool {
+    std::env::var("FAASCALE_REQUIRE_NETNS").as_deref() == Ok("1")
+}
+
+/// Skips `test` saying why, or fails it when `FAASCALE_REQUIRE_NETNS=1`.
+pub fn skip_or_fail(test: &str, why: &str) {
+    if netns_required() {
+        panic!("{test}: {why} (FAASCALE_REQUIRE_NETNS=1: this machine must run the netns tests)");
+    }
+    eprintln!("SKIP {test}: {why} (set FAASCALE_REQUIRE_NETNS=1 to fail instead)");
+}
+
+/// `Some(())` when netns tests can run; otherwise prints why and returns `None` (the test then
+/// skips), or panics when `FAASCALE_REQUIRE_NETNS=1`.
 pub fn netns_or_skip(test: &str) -> Option<()> {
     match Testbed::available() {
         Ok(()) => Some(()),
         Err(reason) => {
-            eprintln!("SKIP {test}: network namespaces unavailable: {reason}");
+            skip_or_fail(test, &format!("network namespaces unavailable: {reason}"));
             None
         }
     }

@@ -29,6 +29,9 @@ pub struct Args {
 #[derive(clap::Subcommand)]
 enum What {
     /// Multicast a model from K sources to N − K receivers through real worker processes.
+    ///
+    /// `verified` in the result is true when every surviving receiver held every block with its
+    /// checksum matched; receivers declared dead are listed in `dead` and not counted.
     Multicast(MulticastArgs),
 }
 
@@ -293,12 +296,13 @@ fn multicast(a: MulticastArgs) -> Result<(), String> {
         );
     } else {
         println!(
-            "{}: {} → {} nodes, {} bytes: verified {}, complete {:.4} s, first copy {:.4} s{}, aggregate receive {:.2} Gbit/s",
+            "{}: {} → {} nodes, {} bytes: verified by every surviving receiver {} (dead: {:?}), complete {:.4} s, first copy {:.4} s{}, aggregate receive {:.2} Gbit/s",
             algo.name(),
             a.sources,
             receivers.len(),
             total,
             r.verified,
+            r.dead,
             r.complete_s,
             r.first_copy_s,
             lower_bound_s.map_or(String::new(), |l| format!(", lower bound {l:.4} s")),
