@@ -41,20 +41,28 @@ fn random_interleavings_keep_the_invariants() {
     let (_d, model) = synth_model("tiny-llama", 12);
     let reqs = pool(&mut Rng::new(2024));
     let want = solo(cpu_engine(&model, &[], 1), &reqs);
+    let (mut preemptions, mut cancelled) = (0, 0);
+    let n = seeds.len();
     for seed in seeds {
         eprintln!("sched_random: seed {seed}");
-        run_seed(seed, &model, &reqs, &want);
+        let (p, c) = run_seed(seed, &model, &reqs, &want);
+        preemptions += p;
+        cancelled += c;
+    }
+    if n > 1 {
+        assert!(preemptions > 0 && cancelled > 0, "the seeds should preempt and cancel: {preemptions}, {cancelled}");
     }
 }
 
-fn run_seed(seed: u64, model: &pipeline::Model, reqs: &[SeqRequest], want: &[(Vec<u32>, FinishKind)]) {
+/// Returns (preemptions, sequences cancelled).
+fn run_seed(seed: u64, model: &pipeline::Model, reqs: &[SeqRequest], want: &[(Vec<u32>, FinishKind)]) -> (u64, usize) {
     let mut rng = Rng::new(seed);
     let mut pick = |n: u64| (rng.next_u64() % n) as usize;
     let max_num_seqs = 1 + pick(12);
     let chunk = max_num_seqs + pick(40);
     // every request fits alone (100 positions = 7 blocks of 16, 2048 bytes per position)
-    let kv = if pick(3) == 0 { None } else { Some((7 + pick(24)) as u64 * 16 * 2048) };
-    let max_queue = 2 + pick(20);
+    let kv = if pick(4) == 0 { None } else { Some((7 + pick(12)) as u64 * 16 * 2048) };
+    let max_queue = 2 + pick(40);
     let cuts: &[usize] = [&[][..], &[3], &[2, 6]][pick(3)];
     let c = cfg(max_num_seqs, max_queue, kv, chunk);
     let ctx = format!("seed {seed}: {c:?}, cuts {cuts:?}");
@@ -73,7 +81,18 @@ fn run_seed(seed: u64, model: &pipeline::Model, reqs: &[SeqRequest], want: &[(Ve
             Action::SinkCancelsAfter(n) => rec.sink_cancelling_after(n),
             _ => rec.sink(),
         };
-        match sched.submit(reqs[i].clone(), sink) {
+        let mut submitted = sched.submit(reqs[i].clone(), sink);
+        for _ in 0..5 {
+            let Err(SubmitError::QueueFull) = submitted else { break };
+            full += 1;
+            std::thread::sleep(Duration::from_millis(1));
+            let sink = match action {
+                Action::SinkCancelsAfter(n) => rec.sink_cancelling_after(n),
+                _ => rec.sink(),
+            };
+            submitted = sched.submit(reqs[i].clone(), sink);
+        }
+        match submitted {
             Ok(h) => {
                 if let Action::CancelByHandleAfter(d) = action {
                     if d.as_micros() % 2 == 0 {
@@ -87,13 +106,14 @@ fn run_seed(seed: u64, model: &pipeline::Model, reqs: &[SeqRequest], want: &[(Ve
                 }
                 runs.push((i, action, rec));
             }
-            Err(SubmitError::QueueFull) => full += 1,
+            Err(SubmitError::QueueFull) => {}
             Err(e) => panic!("{ctx}: submit: {e:?}"),
         }
         if pick(3) == 0 {
             std::thread::sleep(Duration::from_micros(pick(2000) as u64));
         }
     }
+    let mut cancelled = 0;
     for (n, (i, action, rec)) in runs.iter().enumerate() {
         let (tokens, f) = rec.wait();
         let (ref_tokens, ref_kind) = &want[*i];
@@ -102,6 +122,7 @@ fn run_seed(seed: u64, model: &pipeline::Model, reqs: &[SeqRequest], want: &[(Ve
         assert_eq!(f.completion_tokens, tokens.len(), "{what}");
         match f.kind {
             FinishKind::Cancelled => {
+                cancelled += 1;
                 assert!(!matches!(action, Action::Run), "{what}: cancelled, never asked to");
                 if let Action::SinkCancelsAfter(k) = action {
                     assert_eq!(tokens.len(), *k, "{what}");
@@ -115,8 +136,9 @@ fn run_seed(seed: u64, model: &pipeline::Model, reqs: &[SeqRequest], want: &[(Ve
     let s = wait_stats(&sched, &ctx, |s| s.running == 0 && s.waiting == 0);
     assert_eq!((s.kv_used_bytes, s.kv_held_bytes), (0, Some(0)), "{ctx}");
     eprintln!(
-        "sched_random: seed {seed}: {} runs, {full} refused (queue full), {} preemptions",
+        "sched_random: seed {seed}: {} runs, {full} refusals (queue full), {cancelled} cancelled, {} preemptions",
         runs.len(),
         s.preemptions_total
     );
+    (s.preemptions_total, cancelled)
 }
