@@ -6,6 +6,7 @@ use pipeline::sampler::Rng;
 use pipeline::sched::{FinishKind, Scheduler, SeqRequest};
 use pipeline::GenRequest;
 use sched_common::*;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// 64 requests of mixed lengths: greedy, seeded sampling, some with stop tokens.
@@ -67,6 +68,48 @@ fn tokens_alone_equal_tokens_among_63_others() {
         for rec in &recs {
             assert_eq!(rec.finish_counts(), (1, 0));
         }
+    }
+}
+
+#[test]
+fn decode_and_prefill_apart_keep_the_tokens_and_never_mix() {
+    let (_d, model) = synth_model("tiny-llama", 3);
+    let reqs = requests(29);
+    let want = solo(cpu_engine(&model, &[], 1), &reqs);
+    for (name, c) in [
+        ("3 rows per step", cfg(3, 64, None, 3)),
+        ("16 rows per step, KV for 300 positions", cfg(16, 64, Some(19 * 16 * 2048), 16)),
+        ("64 at once", cfg(64, 64, None, 100)),
+    ] {
+        let (lens, violations, decode_batches) =
+            (Arc::<Mutex<HashMap<u64, usize>>>::default(), Arc::default(), Arc::default());
+        let engine = SplitChecked {
+            inner: cpu_engine(&model, &[], 2),
+            prompt_lens: Arc::clone(&lens),
+            violations: Arc::clone(&violations),
+            decode_batches: Arc::clone(&decode_batches),
+        };
+        let sched = Scheduler::start(Box::new(engine), c).unwrap();
+        let recs: Vec<Rec> = reqs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let rec = Rec::new();
+                // sequence ids are handed out 1, 2, 3… in submit order (checked below)
+                lens.lock().unwrap().insert(i as u64 + 1, r.prompt.len());
+                let h = sched.submit(r.clone(), rec.sink()).unwrap();
+                assert_eq!(h.id(), i as u64 + 1);
+                rec
+            })
+            .collect();
+        for (i, rec) in recs.iter().enumerate() {
+            let (tokens, f) = rec.wait();
+            assert_eq!((&tokens, &f.kind), (&want[i].0, &want[i].1), "{name}: request {i}");
+        }
+        assert_eq!(*violations.lock().unwrap(), Vec::<String>::new(), "{name}");
+        assert!(*decode_batches.lock().unwrap() > 0, "{name}");
+        let s = wait_stats(&sched, name, |s| s.running == 0);
+        assert_eq!((s.kv_used_bytes, s.kv_held_bytes), (0, Some(0)), "{name}");
     }
 }
 

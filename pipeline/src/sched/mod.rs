@@ -243,6 +243,13 @@ impl Scheduler {
                 cfg.prefill_chunk_tokens, cfg.max_num_seqs, limits.max_batch_rows
             ));
         }
+        if limits.split_decode_prefill && cfg.prefill_chunk_tokens < 3 {
+            // a continuing prefill chunk needs 2 rows and must not leave 1 behind
+            return bad(format!(
+                "prefill_chunk_tokens {} must be at least 3 on an engine that batches decode and prefill apart",
+                cfg.prefill_chunk_tokens
+            ));
+        }
         let bpt = engine.kv_bytes_per_token();
         let block_tokens = limits.kv_block_tokens.max(1);
         let block_bytes = bpt * block_tokens as u64;

@@ -228,3 +228,58 @@ impl StepEngine for Faulty {
         StepEngine::kv_held_bytes(&self.inner)
     }
 }
+
+/// The CPU engine presented as one that keeps decode and prefill apart (as the GPU does, whose
+/// kernel follows the batch's shape); it records every batch that mixes decode-shaped rows (one
+/// row of a held sequence) with others, and every prompt token fed in a decode-shaped batch.
+/// `prompt_lens`: sequence id -> prompt length, filled by the test.
+pub struct SplitChecked {
+    pub inner: Engine,
+    pub prompt_lens: Arc<Mutex<std::collections::HashMap<u64, usize>>>,
+    pub violations: Arc<Mutex<Vec<String>>>,
+    pub decode_batches: Arc<Mutex<usize>>,
+}
+
+impl StepEngine for SplitChecked {
+    fn config(&self) -> &ModelConfig {
+        StepEngine::config(&self.inner)
+    }
+    fn forward(&mut self, b: &StageBatch) -> pipeline::Result<StageOutput> {
+        let mut groups: Vec<(u64, usize, u32)> = Vec::new(); // (seq, rows, first position)
+        for (&s, &p) in b.seq_ids.iter().zip(&b.positions) {
+            match groups.last_mut() {
+                Some(g) if g.0 == s => g.1 += 1,
+                _ => groups.push((s, 1, p)),
+            }
+        }
+        let held = |s: u64| self.inner.stages()[0].seq_len(s) > 0;
+        let decode_shaped = groups.iter().filter(|g| g.1 == 1 && held(g.0)).count();
+        let mut bad = self.violations.lock().unwrap();
+        if decode_shaped == groups.len() {
+            *self.decode_batches.lock().unwrap() += 1;
+            let lens = self.prompt_lens.lock().unwrap();
+            for g in &groups {
+                match lens.get(&g.0) {
+                    Some(&n) if (g.2 as usize) >= n => {}
+                    _ => bad.push(format!("prompt token of sequence {} at position {} in a decode batch", g.0, g.2)),
+                }
+            }
+        } else if decode_shaped > 0 {
+            bad.push(format!("mixed batch {groups:?}"));
+        }
+        drop(bad);
+        StepEngine::forward(&mut self.inner, b)
+    }
+    fn free(&mut self, seq: u64) {
+        StepEngine::free(&mut self.inner, seq)
+    }
+    fn kv_bytes_per_token(&self) -> u64 {
+        StepEngine::kv_bytes_per_token(&self.inner)
+    }
+    fn limits(&self) -> EngineLimits {
+        EngineLimits { split_decode_prefill: true, ..StepEngine::limits(&self.inner) }
+    }
+    fn kv_held_bytes(&self) -> Option<u64> {
+        StepEngine::kv_held_bytes(&self.inner)
+    }
+}
