@@ -35,8 +35,8 @@ fn tokens_alone_equal_tokens_among_63_others() {
     let want = solo(cpu_engine(&model, &[], 1), &reqs);
     assert!(want.iter().any(|w| w.1 == FinishKind::Eos), "some request should stop at a stop token");
 
-    // bytes per position: 8 layers × (K + V) × kv_dim 32 × 4 = 2048; 24 blocks of 16 = 384 positions
-    let small_kv = 24 * 16 * 2048;
+    // bytes per position: 8 layers × (K + V) × kv_dim 32 × 4 = 2048; 384 positions
+    let small_kv = 384 * 2048;
     for (name, c) in [
         ("one chunk per prompt", cfg(64, 64, None, 512)),
         ("chunked prefill, 64 rows per step", cfg(64, 64, None, 64)),
@@ -78,7 +78,7 @@ fn decode_and_prefill_apart_keep_the_tokens_and_never_mix() {
     let want = solo(cpu_engine(&model, &[], 1), &reqs);
     for (name, c) in [
         ("3 rows per step", cfg(3, 64, None, 3)),
-        ("16 rows per step, KV for 300 positions", cfg(16, 64, Some(19 * 16 * 2048), 16)),
+        ("16 rows per step, KV for 320 positions", cfg(16, 64, Some(320 * 2048), 16)),
         ("64 at once", cfg(64, 64, None, 100)),
     ] {
         let (lens, violations, decode_batches) =

@@ -80,11 +80,10 @@ fn the_context_length_ends_a_sequence_with_context() {
 #[test]
 fn a_kv_budget_below_one_context_limits_each_sequence() {
     let (_d, model) = synth_model("tiny-llama", 2);
-    // 2048 bytes per position; 4 blocks of 16 positions
-    let sched =
-        Scheduler::start(Box::new(cpu_engine(&model, &[], 1)), cfg(2, 4, Some(4 * 16 * 2048 + 100), 64)).unwrap();
+    // 2048 bytes per position; 64 positions, whole allocation blocks
+    let sched = Scheduler::start(Box::new(cpu_engine(&model, &[], 1)), cfg(2, 4, Some(64 * 2048 + 100), 64)).unwrap();
     assert_eq!(sched.max_seq_tokens(), 64);
-    assert_eq!(sched.stats().kv_total_bytes, 4 * 16 * 2048);
+    assert_eq!(sched.stats().kv_total_bytes, 64 * 2048);
     let m = invalid(sched.submit(greedy(vec![7; 70], 5), Rec::new().sink()));
     assert!(m.contains("70 tokens") && m.contains("at most 64 tokens") && m.contains("context length is 256"), "{m}");
     let prompt: Vec<u32> = (0..60).map(|i| (i * 5 % 384) as u32).collect();

@@ -60,8 +60,8 @@ fn run_seed(seed: u64, model: &pipeline::Model, reqs: &[SeqRequest], want: &[(Ve
     let mut pick = |n: u64| (rng.next_u64() % n) as usize;
     let max_num_seqs = 1 + pick(12);
     let chunk = max_num_seqs + pick(40);
-    // every request fits alone (100 positions = 7 blocks of 16, 2048 bytes per position)
-    let kv = if pick(4) == 0 { None } else { Some((7 + pick(12)) as u64 * 16 * 2048) };
+    // every request fits alone (at most 100 positions; 2048 bytes per position)
+    let kv = if pick(4) == 0 { None } else { Some((128 + pick(200)) as u64 * 2048) };
     let max_queue = 2 + pick(40);
     let cuts: &[usize] = [&[][..], &[3], &[2, 6]][pick(3)];
     let c = cfg(max_num_seqs, max_queue, kv, chunk);
