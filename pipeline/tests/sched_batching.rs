@@ -43,7 +43,11 @@ fn tokens_alone_equal_tokens_among_63_others() {
         ("16 at once, 16 rows per step", cfg(16, 64, None, 16)),
         ("KV budget of 384 positions: preemptions", cfg(64, 64, Some(small_kv), 64)),
     ] {
-        let sched = Scheduler::start(Box::new(cpu_engine(&model, &[3], 2)), c).unwrap();
+        // all 64 submitted while the engine is held: they run together however slow this thread
+        let faults = Faults::default();
+        let hold = faults.hold.clone();
+        set_hold(&hold, true);
+        let sched = Scheduler::start(Box::new(Faulty { inner: cpu_engine(&model, &[3], 2), faults }), c).unwrap();
         let recs: Vec<Rec> = reqs
             .iter()
             .map(|r| {
@@ -52,6 +56,7 @@ fn tokens_alone_equal_tokens_among_63_others() {
                 rec
             })
             .collect();
+        set_hold(&hold, false);
         let mut preempted = 0;
         for (i, rec) in recs.iter().enumerate() {
             let (tokens, f) = rec.wait();
@@ -152,7 +157,10 @@ fn scheduler_generates_what_engine_generate_does() {
 #[test]
 fn a_long_prompt_is_chunked_and_does_not_stall_decode() {
     let (_d, model) = synth_model("tiny-llama", 4);
-    let sched = Scheduler::start(Box::new(cpu_engine(&model, &[], 1)), cfg(2, 4, None, 16)).unwrap();
+    let faults = Faults::default();
+    let hold = faults.hold.clone();
+    let engine = Faulty { inner: cpu_engine(&model, &[], 1), faults };
+    let sched = Scheduler::start(Box::new(engine), cfg(2, 4, None, 16)).unwrap();
     let log: Arc<Mutex<Vec<&'static str>>> = Arc::default();
     struct Tagged(&'static str, Arc<Mutex<Vec<&'static str>>>, Rec);
     impl pipeline::sched::TokenSink for Tagged {
@@ -164,16 +172,17 @@ fn a_long_prompt_is_chunked_and_does_not_stall_decode() {
             self.2.sink().finish(f)
         }
     }
+    // both submitted while the engine is held, so neither runs ahead of the other
+    set_hold(&hold, true);
     let (dec, long) = (Rec::new(), Rec::new());
     sched.submit(greedy(vec![5, 6, 7], 120), Box::new(Tagged("decode", log.clone(), dec.clone()))).unwrap();
-    dec.wait_tokens(1);
-    let before = log.lock().unwrap().len();
     let prompt: Vec<u32> = (0..200).map(|i| (i * 7 % 384) as u32).collect();
     sched.submit(greedy(prompt, 3), Box::new(Tagged("long", log.clone(), long.clone()))).unwrap();
+    set_hold(&hold, false);
     long.wait();
     let log = log.lock().unwrap();
     let first_long = log.iter().position(|t| *t == "long").unwrap();
-    let decoded_meanwhile = log[before..first_long].len();
+    let decoded_meanwhile = log[..first_long].len();
     // 200 prompt tokens in steps of 16 rows, one of which is the decode row: at least 13 steps
     assert!(decoded_meanwhile >= 12, "only {decoded_meanwhile} decode tokens while the long prompt prefilled");
 }

@@ -2,8 +2,9 @@
 //! or cancels; every sink hears exactly one finish whatever happens.
 
 mod sched_common;
-use pipeline::sched::{FinishKind, Scheduler, SubmitError};
+use pipeline::sched::{FinishKind, Scheduler, SubmitError, TokenSink};
 use sched_common::*;
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
 #[test]
@@ -13,7 +14,8 @@ fn cancel_frees_the_kv_and_the_others_go_on() {
     let want = solo(cpu_engine(&model, &[], 1), &others);
     let sched = Scheduler::start(Box::new(cpu_engine(&model, &[], 2)), cfg(8, 8, None, 64)).unwrap();
     let victim = Rec::new();
-    let h = sched.submit(greedy((0..40).collect(), 200), victim.sink()).unwrap();
+    let (sink, reached, release) = pausing(&victim, 2);
+    let h = sched.submit(greedy((0..40).collect(), 200), sink).unwrap();
     let recs: Vec<Rec> = others
         .iter()
         .map(|r| {
@@ -22,12 +24,12 @@ fn cancel_frees_the_kv_and_the_others_go_on() {
             rec
         })
         .collect();
-    victim.wait_tokens(2);
+    reached.recv_timeout(PATIENCE).expect("the victim reaches its second token");
     h.cancel();
     h.cancel(); // twice is harmless
+    release.send(()).unwrap();
     let (t, f) = victim.wait();
-    assert_eq!(f.kind, FinishKind::Cancelled);
-    assert!(t.len() < 200 && f.completion_tokens == t.len());
+    assert_eq!((t.len(), f.kind, f.completion_tokens), (2, FinishKind::Cancelled, 2));
     for (i, rec) in recs.iter().enumerate() {
         assert_eq!(rec.wait().0, want[i].0, "request {i}");
     }
@@ -41,11 +43,13 @@ fn cancelling_the_only_sequence_returns_kv_to_zero_while_others_wait() {
     let (_d, model) = synth_model("tiny-llama", 7);
     let sched = Scheduler::start(Box::new(cpu_engine(&model, &[], 1)), cfg(1, 8, None, 64)).unwrap();
     let a = Rec::new();
-    let h = sched.submit(greedy((0..50).collect(), 200), a.sink()).unwrap();
-    a.wait_tokens(1);
-    let s = wait_stats(&sched, "KV in use", |s| s.kv_used_bytes > 0);
-    assert_eq!(Some(s.kv_used_bytes), s.kv_held_bytes, "the books match what the engine holds");
+    let (sink, reached, release) = pausing(&a, 2);
+    let h = sched.submit(greedy((0..50).collect(), 200), sink).unwrap();
+    reached.recv_timeout(PATIENCE).expect("the sequence reaches its second token");
+    let s = sched.stats(); // published after the prefill step
+    assert!(s.kv_used_bytes > 0 && Some(s.kv_used_bytes) == s.kv_held_bytes, "{s:?}");
     h.cancel();
+    release.send(()).unwrap();
     assert_eq!(a.wait().1.kind, FinishKind::Cancelled);
     let s = wait_stats(&sched, "KV freed", |s| s.kv_used_bytes == 0);
     assert_eq!((s.running, s.kv_held_bytes), (0, Some(0)));
@@ -146,15 +150,22 @@ fn dropping_the_scheduler_finishes_every_sink() {
     }
 }
 
+/// A sink that holds the scheduler's thread inside its `n`-th token: (sink, reached, release).
+fn pausing(rec: &Rec, n: usize) -> (Box<dyn TokenSink>, Receiver<()>, Sender<()>) {
+    let (reached_tx, reached) = channel();
+    let (release, release_rx) = channel();
+    (Box::new(PausingSink { rec: rec.clone(), n, reached: reached_tx, release: release_rx }), reached, release)
+}
+
 /// Holds the scheduler's thread inside its `n`-th token until released.
 struct PausingSink {
     rec: Rec,
     n: usize,
-    reached: std::sync::mpsc::Sender<()>,
-    release: std::sync::mpsc::Receiver<()>,
+    reached: Sender<()>,
+    release: Receiver<()>,
 }
 
-impl pipeline::sched::TokenSink for PausingSink {
+impl TokenSink for PausingSink {
     fn token(&mut self, ev: pipeline::sched::TokenEvent) -> bool {
         let keep = self.rec.sink().token(ev);
         if self.rec.lock().tokens.len() == self.n {
@@ -177,10 +188,8 @@ fn the_kv_books_match_the_engine_as_a_sequence_grows() {
     // 20 + n - 2 positions cached, between 2 and 3 blocks. Growth by doubling would hold 4
     // blocks there; growth by blocks holds 3, as booked.
     let n = 2 * block + block / 2 - 20;
-    let (reached_tx, reached) = std::sync::mpsc::channel();
-    let (release, release_rx) = std::sync::mpsc::channel();
-    let sink = PausingSink { rec: rec.clone(), n, reached: reached_tx, release: release_rx };
-    sched.submit(greedy((0..20).collect(), 3 * block), Box::new(sink)).unwrap();
+    let (sink, reached, release) = pausing(&rec, n);
+    sched.submit(greedy((0..20).collect(), 3 * block), sink).unwrap();
     reached.recv_timeout(PATIENCE).expect("the sequence reaches its pause");
     let s = sched.stats();
     assert_eq!(s.kv_used_bytes, 3 * block as u64 * 2048, "{s:?}");
