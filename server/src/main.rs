@@ -3,6 +3,7 @@
 //! Every command that takes `--json` prints exactly one line of JSON as the last line of
 //! standard output (`{"error": "..."}` when it fails); logs and progress go to standard error.
 
+mod api;
 mod cli;
 mod logging;
 
