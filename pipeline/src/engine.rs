@@ -83,6 +83,11 @@ impl Engine {
         &self.cfg
     }
 
+    /// The stages, first to last.
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
     /// Runs a batch through every stage; the output is the last stage's logits.
     pub fn forward(&mut self, batch: &StageBatch) -> Result<StageOutput> {
         let mut out = self.stages[0].forward(batch)?;

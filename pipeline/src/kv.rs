@@ -1,8 +1,20 @@
 //! The KV cache of one stage: per sequence, per layer of the stage, keys and values of every
 //! position so far. Bounded: at most `max_seqs` sequences, each at most `max_context` long.
+//!
+//! A sequence's buffers grow on demand in whole blocks of [`KV_BLOCK_TOKENS`] positions (never
+//! more), so the bytes a sequence holds are exactly `kv_bytes_for(len)`: what the scheduler
+//! budgets (`pipeline::sched`) is what is allocated.
 
 use crate::error::{PipelineError, Result};
 use std::collections::HashMap;
+
+/// Positions per allocation step of a sequence's buffers.
+pub const KV_BLOCK_TOKENS: usize = 16;
+
+/// Positions allocated for a sequence holding `len`: `len` rounded up to whole blocks.
+pub fn kv_alloc_tokens(len: usize) -> usize {
+    len.div_ceil(KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
+}
 
 pub struct SeqCache {
     /// Positions already stored (the next row written goes to position `len`).
@@ -66,11 +78,21 @@ impl KvCache {
             v: vec![Vec::new(); layers],
         });
         for buf in s.k.iter_mut().chain(s.v.iter_mut()) {
+            if buf.capacity() < len * kvd {
+                // grow to whole blocks, exactly (no doubling): see the module comment
+                buf.reserve_exact(kv_alloc_tokens(len) * kvd - buf.len());
+            }
             if buf.len() < len * kvd {
                 buf.resize(len * kvd, 0.0);
             }
         }
         Ok(s)
+    }
+
+    /// Bytes of keys and values allocated for every sequence held (f32 buffers' capacity).
+    pub fn bytes_held(&self) -> u64 {
+        let floats: usize = self.seqs.values().flat_map(|s| s.k.iter().chain(s.v.iter())).map(Vec::capacity).sum();
+        (floats * std::mem::size_of::<f32>()) as u64
     }
 
     pub fn get(&self, seq: u64) -> Option<&SeqCache> {

@@ -16,6 +16,7 @@ pub mod model;
 pub mod packed;
 pub mod safetensors;
 pub mod sampler;
+pub mod sched;
 pub mod stage;
 pub mod synth;
 pub mod tensor;

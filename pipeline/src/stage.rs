@@ -207,6 +207,13 @@ impl Stage {
     pub fn num_seqs(&self) -> usize {
         self.cache.num_seqs()
     }
+    pub fn limits(&self) -> StageLimits {
+        self.limits
+    }
+    /// Bytes of KV cache this stage holds (allocated) for all its sequences.
+    pub fn kv_bytes(&self) -> u64 {
+        self.cache.bytes_held()
+    }
 
     /// Runs the batch through this stage's layers.
     pub fn forward(&mut self, batch: &StageBatch) -> Result<StageOutput> {
