@@ -7,4 +7,6 @@ pub mod error;
 pub mod metrics;
 pub mod request;
 pub mod response;
+pub mod served;
+pub mod sink;
 pub mod stop;

@@ -30,12 +30,15 @@ pub struct Args {
 enum What {
     /// Multicast a model from K sources to N − K receivers through real worker processes.
     Multicast(MulticastArgs),
+    /// Load an OpenAI-compatible server with streamed completions; report tokens/s, TTFT, ITL.
+    Serve(super::bench_serve::Args),
 }
 
 impl Args {
     pub fn json(&self) -> bool {
         match &self.what {
             What::Multicast(m) => m.json,
+            What::Serve(s) => s.json,
         }
     }
 }
@@ -108,6 +111,7 @@ struct MulticastArgs {
 pub fn run(a: Args) -> Result<(), String> {
     match a.what {
         What::Multicast(m) => multicast(m),
+        What::Serve(s) => super::bench_serve::run(s),
     }
 }
 
