@@ -35,10 +35,6 @@ impl Histogram {
         self.sum_ns.fetch_add((s * 1e9).min(u64::MAX as f64 / 4.0) as u64, Ordering::Relaxed);
     }
 
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
     fn render(&self, out: &mut String, name: &str, help: &str, label: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cum = 0u64;
