@@ -6,6 +6,8 @@
 mod api;
 mod cli;
 mod logging;
+#[allow(unused_imports)] // the HTTP layer lives in the library (src/lib.rs) so tests and examples reach it
+use server::http;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
