@@ -43,6 +43,8 @@ enum Command {
     /// A multicast worker process (started by `bench multicast` and the manager).
     #[command(hide = true)]
     Worker(cli::worker::Args),
+    /// Serve a model with an OpenAI-compatible HTTP API (continuous batching).
+    Serve(cli::serve::Args),
     /// Replay a request trace on a simulated cluster and compare scale-out systems.
     Simulate(cli::simulate::Args),
     /// Check the CUDA kernels and the GPU engine against the CPU and time them (lent GPU machine).
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         Command::Plan(a) => (a.json, cli::plan::run(a)),
         Command::Bench(a) => (a.json(), cli::bench::run(a)),
         Command::Worker(a) => (false, cli::worker::run(a)),
+        Command::Serve(a) => (false, cli::serve::run(a)),
         Command::Simulate(a) => (a.json, cli::simulate::run(a)),
         Command::GpuCheck(a) => (a.json, cli::gpu_check::run(a)),
     };

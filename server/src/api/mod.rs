@@ -4,6 +4,7 @@
 
 pub mod detok;
 pub mod error;
+pub mod handler;
 pub mod metrics;
 pub mod request;
 pub mod response;

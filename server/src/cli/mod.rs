@@ -7,6 +7,8 @@ pub mod gpu_check;
 pub mod inspect;
 pub mod pack;
 pub mod plan;
+pub mod serve;
+pub mod serve_signals;
 pub mod simulate;
 pub mod synth;
 pub mod worker;
