@@ -113,7 +113,9 @@ fn every_bad_request_gets_an_openai_error() {
         let post =
             |path: &str, body: &[u8]| request(s.addr, "POST", path, &[("content-type", "application/json")], body);
         let c = "/v1/completions";
-        let cases: Vec<(&str, Vec<u8>, u16, Option<&str>, &str)> = vec![
+        // (path, body, status, param, words the message must hold)
+        type Case<'a> = (&'a str, Vec<u8>, u16, Option<&'a str>, &'a str);
+        let cases: Vec<Case> = vec![
             (c, b"{not json".to_vec(), 400, None, "not valid JSON"),
             (c, b"{\"model\": \"tiny-llama\", \"prompt\": \"a\xff\"}".to_vec(), 400, None, "UTF-8"),
             (

@@ -194,7 +194,8 @@ fn generate(r: &Ready, job: Job, serial: u64) {
     }
     let meta = Meta::new(endpoint, serial, &r.served.name, p.include_usage);
     let slot: sink::ReplySlot<Reply> = Arc::new(Mutex::new(Some(reply)));
-    let s = GenSink::new(r.served.clone(), r.metrics.clone(), meta, &p, &seq.prompt, echo, slot.clone(), arrival);
+    let s = GenSink::new(r.served.clone(), r.metrics.clone(), meta, &p, &seq.prompt, slot.clone(), arrival)
+        .with_prefix(echo);
     if let Err(e) = r.sched.submit(seq, Box::new(s)) {
         let err = match e {
             SubmitError::QueueFull => ApiError::queue_full(r.sched.scheduler_config().max_queue),

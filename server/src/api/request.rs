@@ -116,11 +116,8 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<GenParams, ApiError> {
             ))
         }
     };
-    let seed = match f.int("seed")? {
-        None => None,
-        // OpenAI's seed is a signed 64-bit integer; its bits are the generator's seed.
-        Some(s) => Some(s as u64),
-    };
+    // OpenAI's seed is a signed 64-bit integer; its bits are the generator's seed.
+    let seed = f.int("seed")?.map(|s| s as u64);
     let stop = parse_stop(f.get("stop"))?;
     let stop_token_ids = match f.get("stop_token_ids") {
         None | Some(Value::Null) => Vec::new(),

@@ -68,14 +68,12 @@ pub struct GenSink<R: Responder> {
 }
 
 impl<R: Responder> GenSink<R> {
-    /// `echo`: text that comes before the completion (completions' `echo`).
     pub fn new(
         served: Arc<Served>,
         metrics: Arc<Metrics>,
         meta: Meta,
         params: &super::request::GenParams,
         prompt: &[u32],
-        echo: Option<String>,
         slot: ReplySlot<R>,
         arrival: Instant,
     ) -> Self {
@@ -91,12 +89,18 @@ impl<R: Responder> GenSink<R> {
             detok: Detokenizer::new(prompt),
             stop: StopMatcher::new(params.stop.clone()),
             stopped_by_string: false,
-            text: echo.unwrap_or_default(),
+            text: String::new(),
             lps: Vec::new(),
             text_offset: 0,
             arrival,
             last_token: None,
         }
+    }
+
+    /// Text that comes before the completion (completions' `echo`).
+    pub fn with_prefix(mut self, text: Option<String>) -> Self {
+        self.text = text.unwrap_or_default();
+        self
     }
 
     /// Sends a chunk on the stream (started on first use); false once the client has gone.
