@@ -78,7 +78,11 @@ impl ApiHandler {
                         continue;
                     };
                     let n = serial.fetch_add(1, Ordering::Relaxed);
-                    generate(r, job, n);
+                    // A panic answers 500 (the reply is dropped unanswered) and keeps the thread.
+                    let run = std::panic::AssertUnwindSafe(|| generate(r, job, n));
+                    if std::panic::catch_unwind(run).is_err() {
+                        log::error!("a request panicked while being parsed or submitted; answered 500");
+                    }
                 })
                 .expect("spawning a front thread");
         }

@@ -482,6 +482,7 @@ pub fn summarise(outcomes: &[Outcome], wall_s: f64) -> serde_json::Value {
         "ttft_ms_p99": quantile(&ttft, 0.99),
         "itl_ms_p50": quantile(&itl, 0.5),
         "itl_ms_p99": quantile(&itl, 0.99),
+        "itl_ms_mean": if itl.is_empty() { 0.0 } else { itl.iter().sum::<f64>() / itl.len() as f64 },
         "e2e_s_p50": quantile(&e2e, 0.5),
         "first_error": first_error,
     })
