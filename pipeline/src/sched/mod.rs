@@ -56,7 +56,8 @@ pub struct SchedulerConfig {
     /// (Preempted sequences go back to the queue on top of this bound: at most `max_num_seqs`.)
     pub max_queue: usize,
     /// KV budget in bytes. `None`: what the engine allocated up front (GPU), or on the CPU room
-    /// for `max_num_seqs` sequences of the whole context.
+    /// for `max_num_seqs` sequences of the whole context, capped at half the system's available
+    /// memory at start.
     pub kv_cache_bytes: Option<u64>,
     /// Rows (tokens) per step, decode rows included: at least `max_num_seqs`, at most the
     /// engine's `max_batch_rows`.
@@ -243,6 +244,13 @@ impl Scheduler {
                 cfg.prefill_chunk_tokens, cfg.max_num_seqs, limits.max_batch_rows
             ));
         }
+        if limits.split_decode_prefill && cfg.prefill_chunk_tokens < 3 {
+            // a continuing prefill chunk needs 2 rows and must not leave 1 behind
+            return bad(format!(
+                "prefill_chunk_tokens {} must be at least 3 on an engine that batches decode and prefill apart",
+                cfg.prefill_chunk_tokens
+            ));
+        }
         let bpt = engine.kv_bytes_per_token();
         let block_tokens = limits.kv_block_tokens.max(1);
         let block_bytes = bpt * block_tokens as u64;
@@ -250,7 +258,12 @@ impl Scheduler {
             return bad("the engine reports 0 KV bytes per token".into());
         }
         let ctx = limits.max_context.min(engine.config().max_position_embeddings);
-        let default_bytes = cfg.max_num_seqs as u64 * ctx.div_ceil(block_tokens) as u64 * block_bytes;
+        // no budget given: room for every sequence at full context, but never more than half
+        // the memory the system has available now
+        let mut default_bytes = cfg.max_num_seqs as u64 * ctx.div_ceil(block_tokens) as u64 * block_bytes;
+        if let Some(avail) = mem_available_bytes() {
+            default_bytes = default_bytes.min(avail / 2);
+        }
         let mut budget = cfg.kv_cache_bytes.unwrap_or(limits.kv_capacity_bytes.unwrap_or(default_bytes));
         if let Some(cap) = limits.kv_capacity_bytes {
             budget = budget.min(cap);
@@ -399,4 +412,12 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         self.shutdown(Duration::ZERO);
     }
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes.
+fn mem_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }

@@ -110,11 +110,12 @@ impl Seq {
 /// `log softmax(logits)[t]`, in f64 for a stable sum (NaN logits count as probability 0).
 pub fn log_softmax_at(logits: &[f32], t: usize) -> f32 {
     let max = logits.iter().copied().filter(|x| !x.is_nan()).fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() || logits.get(t).map_or(true, |x| x.is_nan()) {
-        return f32::NEG_INFINITY;
-    }
+    let x = match logits.get(t) {
+        Some(&x) if !x.is_nan() && max.is_finite() => x,
+        _ => return f32::NEG_INFINITY,
+    };
     let sum: f64 = logits.iter().filter(|x| !x.is_nan()).map(|&x| (x as f64 - max as f64).exp()).sum();
-    (logits[t] as f64 - max as f64 - sum.ln()) as f32
+    (x as f64 - max as f64 - sum.ln()) as f32
 }
 
 #[cfg(test)]

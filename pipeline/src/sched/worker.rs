@@ -19,6 +19,8 @@ pub(crate) struct Worker {
     block_tokens: usize,
     block_bytes: u64,
     limit_tokens: usize,
+    /// The engine wants decode rows and prefill rows in separate batches.
+    split: bool,
     eos: Vec<u32>,
     vocab: usize,
     /// Running sequences, oldest admitted first (the newest is preempted first).
@@ -48,6 +50,7 @@ impl Worker {
     ) -> Worker {
         let eos = engine.config().eos_token_ids.clone();
         let vocab = engine.config().vocab_size;
+        let split = engine.limits().split_decode_prefill;
         Worker {
             engine,
             shared,
@@ -56,6 +59,7 @@ impl Worker {
             block_tokens,
             block_bytes,
             limit_tokens,
+            split,
             eos,
             vocab,
             running: Vec::new(),
@@ -209,8 +213,8 @@ impl Worker {
                 i += 1;
                 continue;
             }
-            let (cached, want) = (s.cached, s.pending().min(rows_left));
-            let take = self.fitting(cached, want, free);
+            let (cached, pending) = (s.cached, s.pending());
+            let take = self.chunk(cached, pending, pending.min(rows_left), free);
             if take > 0 {
                 free -= self.blocks(cached + take) - self.blocks(cached);
                 rows_left -= take;
@@ -250,7 +254,11 @@ impl Worker {
                     self.running.push(s); // ended (and finished) after the step, never fed
                     continue;
                 }
-                let take = s.tokens.len().min(rows_left);
+                let take = self.chunk(0, s.tokens.len(), s.tokens.len().min(rows_left), usize::MAX);
+                if take == 0 {
+                    st.waiting.push_front(s);
+                    break;
+                }
                 room -= need_all;
                 rows_left -= take;
                 s.first_scheduled_at.get_or_insert_with(Instant::now);
@@ -261,10 +269,23 @@ impl Worker {
         (decode, prefill)
     }
 
-    /// Of `want` more tokens after `cached`, how many fit in `free` blocks.
-    fn fitting(&self, cached: usize, want: usize, free: usize) -> usize {
-        let room_tokens = (self.blocks(cached) + free) * self.block_tokens - cached;
-        want.min(room_tokens)
+    /// The prefill chunk to feed now for a sequence holding `cached` positions with `pending`
+    /// tokens to go: at most `want` rows and what fits in `free` blocks. On an engine that keeps
+    /// decode and prefill apart, a prompt token must never look like a decode step (one row of a
+    /// sequence it already holds: the GPU would run GEMV instead of GEMM and round differently),
+    /// so a continuing chunk has at least 2 rows and never leaves exactly 1 token behind.
+    fn chunk(&self, cached: usize, pending: usize, want: usize, free: usize) -> usize {
+        let room_tokens = (self.blocks(cached) + free).saturating_mul(self.block_tokens) - cached;
+        let mut take = want.min(room_tokens);
+        if self.split && take < pending {
+            if pending - take == 1 {
+                take -= 1;
+            }
+            if cached > 0 && take < 2 {
+                take = 0;
+            }
+        }
+        take
     }
 
     fn step(&mut self) {
@@ -273,7 +294,7 @@ impl Worker {
             return;
         }
         self.steps_total += 1;
-        if self.engine.limits().split_decode_prefill {
+        if self.split {
             for part in [decode, prefill] {
                 if !part.is_empty() {
                     self.run_batch(&part);
