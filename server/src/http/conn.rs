@@ -57,7 +57,10 @@ pub(crate) enum Next {
     /// Everything is written: shut down the write side and linger (read and drop) until the
     /// client closes or `LINGER_TIME` passes.
     ShutdownWrite,
-    /// Close now.
+    /// Everything is written and the client has closed its side: close once the loop's own
+    /// send (io_uring) has completed too.
+    Finished,
+    /// Close now, abandoning what is unsent.
     Close,
 }
 
@@ -418,7 +421,7 @@ impl Conn {
             Next::Close
         } else if self.close_after_out && self.out_pending().is_empty() && self.linger_until.is_none() {
             if self.peer_eof {
-                Next::Close
+                Next::Finished
             } else {
                 Next::ShutdownWrite
             }
@@ -495,5 +498,41 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.close_slots();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::types::Response;
+
+    struct Echo;
+    impl Handler for Echo {
+        fn handle(&self, req: Request, reply: Reply) {
+            reply.send(Response::text(200, req.body));
+        }
+    }
+
+    #[test]
+    fn no_socket_needed_and_buffers_shrink_when_idle() {
+        let shared = Arc::new(LoopShared::new(crate::http::sys::eventfd().unwrap()));
+        let handler: Arc<dyn Handler> = Arc::new(Echo);
+        let cfg = HttpConfig::new("127.0.0.1:0".parse().unwrap(), crate::http::IoBackend::Epoll);
+        let cx = Cx { handler: &handler, shared: &shared, cfg: &cfg, now: Instant::now(), draining: false };
+        let mut c = Conn::new(0, "127.0.0.1:1".parse().unwrap(), cx.now);
+        // A large body arrives in pieces (the input buffer grows), then is answered.
+        let body = vec![b'x'; 200_000];
+        c.on_read(format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(), &cx);
+        for piece in body.chunks(1000) {
+            c.on_read(piece, &cx);
+        }
+        c.pump(&cx);
+        let n = c.out_pending().len();
+        assert!(n > body.len());
+        assert!(c.out_pending().starts_with(b"HTTP/1.1 200 OK\r\n"));
+        c.consume_out(n, cx.now);
+        assert_eq!(c.next(), Next::Open);
+        // Idle again: no large buffer is kept.
+        assert!(c.buffered_capacity() <= IN_KEEP_BYTES + OUT_KEEP_BYTES, "{}", c.buffered_capacity());
     }
 }

@@ -25,6 +25,8 @@ struct Entry {
     conn: Conn,
     readable: bool,
     writable: bool,
+    /// The peer shut its side (EPOLLRDHUP): read until the EOF even after short reads.
+    peer_hup: bool,
     rejected: bool,
 }
 
@@ -140,7 +142,14 @@ pub(crate) fn run(parts: LoopParts) -> Result<(), HttpError> {
                                 } else {
                                     served += 1;
                                 }
-                                slab[idx] = Some(Entry { fd, conn, readable: false, writable: true, rejected });
+                                slab[idx] = Some(Entry {
+                                    fd,
+                                    conn,
+                                    readable: false,
+                                    writable: true,
+                                    peer_hup: false,
+                                    rejected,
+                                });
                                 if rejected {
                                     to_service.push(idx);
                                 }
@@ -170,6 +179,9 @@ pub(crate) fn run(parts: LoopParts) -> Result<(), HttpError> {
                     }
                     if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                         e.readable = true;
+                    }
+                    if flags & libc::EPOLLRDHUP as u32 != 0 {
+                        e.peer_hup = true;
                     }
                     if flags & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                         e.writable = true;
@@ -254,8 +266,9 @@ fn service(e: &mut Entry, scratch: &mut [u8], cx: &Cx) -> Service {
                     e.conn.on_eof(cx);
                 }
                 Ok(n) => {
-                    // A short read emptied the socket: the next edge reports new data.
-                    if n < scratch.len() {
+                    // A short read emptied the socket: the next edge reports new data (but not
+                    // an EOF that was already pending, hence `peer_hup`).
+                    if n < scratch.len() && !e.peer_hup {
                         e.readable = false;
                     }
                     e.conn.on_read(&scratch[..n], cx);
@@ -279,7 +292,7 @@ fn service(e: &mut Entry, scratch: &mut [u8], cx: &Cx) -> Service {
             }
         }
         match e.conn.next() {
-            Next::Close => return Service::Close,
+            Next::Close | Next::Finished => return Service::Close,
             Next::ShutdownWrite => {
                 sys::shutdown(fd, libc::SHUT_WR);
                 e.conn.start_linger(cx.now);

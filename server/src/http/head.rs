@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn framing_and_keep_alive() {
         let (h, len) = parse("POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").unwrap().unwrap();
-        assert_eq!(len, 54);
+        assert_eq!(len, 52);
         assert_eq!((h.path.as_str(), h.query.as_deref()), ("/a", Some("b=1")));
         assert_eq!(h.framing, BodyFraming::Length(5));
         assert!(h.keep_alive);

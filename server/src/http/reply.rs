@@ -151,7 +151,7 @@ impl Reply {
 
     /// Whether the client has already gone (the answer would be dropped).
     pub fn is_closed(&self) -> bool {
-        self.slot.as_ref().map_or(true, |s| s.closed.load(Ordering::Acquire))
+        self.slot.as_ref().is_none_or(|s| s.closed.load(Ordering::Acquire))
     }
 
     pub fn send(mut self, resp: Response) {
@@ -274,5 +274,16 @@ impl StreamWriter {
 impl Drop for StreamWriter {
     fn drop(&mut self) {
         self.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn answers_cross_threads() {
+        fn send_static<T: Send + 'static>() {}
+        send_static::<super::Reply>();
+        send_static::<super::StreamWriter>();
+        send_static::<crate::http::ShutdownHandle>();
     }
 }

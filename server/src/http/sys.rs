@@ -22,8 +22,8 @@ pub(crate) use syscall;
 /// A non-blocking, close-on-exec eventfd: other threads write it to wake a loop.
 pub(crate) fn eventfd() -> Result<OwnedFd, HttpError> {
     // SAFETY: eventfd takes no pointers.
-    let fd =
-        syscall!(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) }).map_err(HttpError::EventFd)?;
+    let res = syscall!(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) });
+    let fd = res.map_err(HttpError::EventFd)?;
     // SAFETY: `fd` was just created and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -135,11 +135,11 @@ pub fn raise_fd_limit(needed: u64) -> Result<u64, HttpError> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: passes a pointer to a live rlimit.
     syscall!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }).map_err(HttpError::GetRlimit)?;
-    let (soft, hard) = (lim.rlim_cur as u64, lim.rlim_max as u64);
+    let (soft, hard): (u64, u64) = (lim.rlim_cur, lim.rlim_max);
     if soft >= needed {
         return Ok(soft);
     }
-    let want = libc::rlimit { rlim_cur: needed as libc::rlim_t, rlim_max: lim.rlim_max.max(needed as libc::rlim_t) };
+    let want = libc::rlimit { rlim_cur: needed, rlim_max: lim.rlim_max.max(needed) };
     // SAFETY: passes a pointer to a live rlimit.
     match syscall!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) }) {
         Ok(_) => Ok(needed),

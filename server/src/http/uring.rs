@@ -24,6 +24,9 @@ const SQ_ENTRIES: u32 = 1024;
 /// Receive buffer per connection (heap; pages the kernel never writes stay non-resident).
 const RECV_BYTES: usize = 8 * 1024;
 
+/// `IORING_RECVSEND_POLL_FIRST` (Linux 5.19, as are the ring flags that tell us we have it).
+const RECVSEND_POLL_FIRST: u16 = 1;
+
 const K_ACCEPT: u64 = 0;
 const K_WAKE: u64 = 1;
 const K_TICK: u64 = 2;
@@ -47,15 +50,54 @@ fn setup_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
-fn new_ring(cq_entries: u32) -> Result<IoUring, HttpError> {
-    IoUring::builder()
-        .setup_cqsize(cq_entries)
-        .build(SQ_ENTRIES)
-        .map_err(|source| HttpError::UringSetup { hint: setup_hint(&source), source })
+/// A ring for the loop's thread. Task work (completion processing) is deferred to when the
+/// loop asks for completions (Linux 6.1+), else cooperative (5.19+), else the default: the
+/// kernel's fast paths first, the portable one last; all behave the same to the loop.
+/// Also says whether the kernel is recent enough (5.19+) for `RECVSEND_POLL_FIRST`.
+fn new_ring(cq_entries: u32) -> Result<(IoUring, bool), HttpError> {
+    let attempts: [fn(&mut io_uring::Builder); 3] = [
+        |b| {
+            b.setup_single_issuer().setup_defer_taskrun();
+        },
+        |b| {
+            b.setup_coop_taskrun();
+        },
+        |_| {},
+    ];
+    let mut last = None;
+    for (i, tune) in attempts.into_iter().enumerate() {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(cq_entries);
+        tune(&mut b);
+        match b.build(SQ_ENTRIES) {
+            Ok(ring) => return Ok((ring, i < 2)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(source) => return Err(HttpError::UringSetup { hint: setup_hint(&source), source }),
+        }
+    }
+    let source = last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL));
+    Err(HttpError::UringSetup { hint: setup_hint(&source), source })
 }
 
 /// Checks that a ring can be set up and supports every operation the loop submits.
+///
+/// Runs on a short-lived thread: tearing a ring down later sends task work (as a signal) to
+/// every thread that set one up, which would interrupt the caller's next blocking call (EINTR).
 pub(crate) fn probe() -> Result<(), HttpError> {
+    std::thread::Builder::new()
+        .name("io-uring-probe".into())
+        .spawn(probe_here)
+        .map_err(|source| HttpError::UringSetup { source, hint: "cannot start the probe thread" })?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(HttpError::UringSetup {
+                source: std::io::Error::other("the probe thread panicked"),
+                hint: "io_uring probe",
+            })
+        })
+}
+
+fn probe_here() -> Result<(), HttpError> {
     let ring = IoUring::new(8).map_err(|source| HttpError::UringSetup { hint: setup_hint(&source), source })?;
     let mut p = Probe::new();
     ring.submitter().register_probe(&mut p).map_err(|source| HttpError::UringSetup {
@@ -105,8 +147,10 @@ unsafe fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> Result<(), HttpError>
 struct Entry {
     fd: OwnedFd,
     conn: Conn,
-    /// Receive buffer; the kernel writes it while `recv_inflight`.
-    rbuf: Box<[u8]>,
+    /// Receive buffer: capacity `RECV_BYTES`, length 0 except while a completed receive's bytes
+    /// are handed on; the kernel writes it while `recv_inflight`. Never zeroed, so an idle
+    /// connection's pages stay non-resident.
+    rbuf: Vec<u8>,
     recv_inflight: bool,
     /// Output the kernel is sending (`Some` while a send is in flight) and how much has gone.
     send_buf: Option<Vec<u8>>,
@@ -126,6 +170,8 @@ struct Fixed {
 
 struct Loop {
     ring: IoUring,
+    /// Receives may ask to poll before the first attempt.
+    poll_first: bool,
     slab: Vec<Option<Entry>>,
     free: Vec<usize>,
     served: usize,
@@ -140,8 +186,10 @@ pub(crate) fn run(parts: LoopParts) -> Result<(), HttpError> {
     let LoopParts { listener, shared, handler, cfg } = parts;
     let max_entries = cfg.max_connections + REJECT_EXTRA;
     let cq = (max_entries as u32 * 4).next_power_of_two().clamp(4096, 65536);
+    let (ring, poll_first) = new_ring(cq)?;
     let mut lp = Loop {
-        ring: new_ring(cq)?,
+        ring,
+        poll_first,
         slab: Vec::new(),
         free: Vec::new(),
         served: 0,
@@ -172,10 +220,17 @@ pub(crate) fn run(parts: LoopParts) -> Result<(), HttpError> {
         lp.arm_wake(shared.eventfd.as_raw_fd())?;
         lp.arm_tick()?;
         loop {
-            let want = if shared.has_ready() || !todo.is_empty() { 0 } else { 1 };
-            match lp.ring.submit_and_wait(want) {
+            let res = if shared.has_ready() || !todo.is_empty() {
+                // Work is waiting: submit and collect what has completed, without sleeping
+                // (a zero timeout, so that deferred task work still runs).
+                let zero = types::Timespec::new();
+                lp.ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&zero))
+            } else {
+                lp.ring.submit_and_wait(1)
+            };
+            match res {
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME)) => {}
                 Err(e) => return Err(HttpError::UringSubmit(e)),
             }
             completions.clear();
@@ -226,7 +281,12 @@ pub(crate) fn run(parts: LoopParts) -> Result<(), HttpError> {
                         e.recv_inflight = false;
                         if !e.closing {
                             if res > 0 {
-                                e.conn.on_read(&e.rbuf[..res as usize], &cx);
+                                let n = (res as usize).min(e.rbuf.capacity());
+                                // SAFETY: the completed receive wrote its first `n` bytes (at
+                                // most the capacity it was given); they are initialised.
+                                unsafe { e.rbuf.set_len(n) };
+                                e.conn.on_read(&e.rbuf, &cx);
+                                e.rbuf.clear();
                             } else if res == 0 {
                                 e.conn.on_eof(&cx);
                             } else if -res != libc::EINTR && -res != libc::EAGAIN {
@@ -356,11 +416,14 @@ impl Loop {
 
     fn arm_recv(&mut self, idx: usize) -> Result<(), HttpError> {
         let Some(e) = self.slab[idx].as_mut() else { return Ok(()) };
-        let sqe = opcode::Recv::new(types::Fd(e.fd.as_raw_fd()), e.rbuf.as_mut_ptr(), e.rbuf.len() as u32)
+        // Poll first: the last receive emptied the socket, so an immediate attempt would fail.
+        let sqe = opcode::Recv::new(types::Fd(e.fd.as_raw_fd()), e.rbuf.as_mut_ptr(), e.rbuf.capacity() as u32)
+            .ioprio(if self.poll_first { RECVSEND_POLL_FIRST } else { 0 })
             .build()
             .user_data(ud(K_RECV, idx));
-        // SAFETY: `rbuf` is a heap buffer owned by the entry; the entry is not freed while
-        // `recv_inflight` is set, and nothing reads or writes `rbuf` until the completion.
+        // SAFETY: `rbuf` is a heap buffer of `capacity()` bytes owned by the entry; the entry is
+        // not freed, nor `rbuf` resized, while `recv_inflight` is set, and nothing reads or
+        // writes it until the completion.
         unsafe { push(&mut self.ring, &sqe)? };
         e.recv_inflight = true;
         Ok(())
@@ -398,7 +461,7 @@ impl Loop {
         self.slab[idx] = Some(Entry {
             fd,
             conn,
-            rbuf: vec![0u8; RECV_BYTES].into_boxed_slice(),
+            rbuf: Vec::with_capacity(RECV_BYTES),
             recv_inflight: false,
             send_buf: None,
             send_pos: 0,
@@ -425,6 +488,7 @@ impl Loop {
         if !e.closing {
             match e.conn.next() {
                 Next::Close => e.closing = true,
+                Next::Finished if e.send_buf.is_none() => e.closing = true,
                 Next::ShutdownWrite if e.send_buf.is_none() => {
                     sys::shutdown(e.fd.as_raw_fd(), libc::SHUT_WR);
                     e.conn.start_linger(cx.now);

@@ -207,6 +207,7 @@ pub fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
             Ok(0) => return all,
             Ok(n) => all.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return all,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => panic!("waiting for the server to close: {e} (got {:?})", String::from_utf8_lossy(&all)),
         }
     }
