@@ -7,6 +7,7 @@ mod serve_util;
 
 use serde_json::json;
 use serve_util::{eventually, Serve, Stream, BACKENDS};
+use std::io::Write;
 use std::sync::{Arc, Barrier};
 
 fn stream_body(prompt: Vec<u32>, max_tokens: usize) -> serde_json::Value {
@@ -56,6 +57,47 @@ fn vanished_streams_free_their_kv_cache() {
         let finished = s.metric("request_success_total{model_name=\"tiny-llama\",finished_reason=\"length\"}");
         eprintln!("{io}: {finished} of {n} requests finished, {generated} tokens generated");
         assert!((50.0..100.0).contains(&finished), "{finished} requests finished");
+        s.assert_healthy();
+    }
+}
+
+#[test]
+fn vanished_clients_of_whole_responses_cancel_too() {
+    for io in BACKENDS {
+        let s = Serve::tiny(io, &[]);
+        let (n, max_tokens) = (20, 250);
+        let mut conns = Vec::new();
+        for i in 0..n {
+            let body = json!({"model": "tiny-llama", "prompt": [60 + i, 61], "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true});
+            let body = body.to_string();
+            let mut c = serve_util::connect(s.addr);
+            write!(c, "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                .unwrap();
+            conns.push(c);
+        }
+        // gone while their requests run, before the answers
+        eventually("the requests running", || s.metric("num_requests_running") > 0.0);
+        drop(conns);
+        // idle (nothing running or waiting, no KV held) for a whole second: every request is over
+        let idle = || {
+            s.metric("num_requests_running") == 0.0
+                && s.metric("num_requests_waiting") == 0.0
+                && s.metric("kv_cache_usage_perc") == 0.0
+        };
+        let mut idle_since: Option<std::time::Instant> = None;
+        eventually("every vanished request over and its KV cache freed", || {
+            if !idle() {
+                idle_since = None;
+                return false;
+            }
+            idle_since.get_or_insert_with(std::time::Instant::now).elapsed().as_secs_f64() > 1.0
+        });
+        let generated = s.metric("generation_tokens_total");
+        eprintln!("{io}: {generated} tokens generated for {n} vanished requests of {max_tokens}");
+        assert!(
+            generated < (n as usize * max_tokens / 2) as f64,
+            "vanished clients' requests ran on: {generated} tokens"
+        );
         s.assert_healthy();
     }
 }

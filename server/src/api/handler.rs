@@ -20,6 +20,9 @@ const FRONT_QUEUE: usize = 1024;
 
 impl Responder for Reply {
     type Stream = StreamWriter;
+    fn is_closed(&self) -> bool {
+        Reply::is_closed(self)
+    }
     fn send(self, status: u16, headers: Vec<(String, String)>, body: Vec<u8>) {
         Reply::send(self, Response { status, headers, body })
     }

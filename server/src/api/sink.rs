@@ -17,9 +17,14 @@ use std::time::Instant;
 /// Where a response goes: the HTTP layer's one-shot reply (implemented for `http::Reply`).
 pub trait Responder: Send + 'static {
     type Stream: ChunkWriter;
+    /// Whether the client has gone (the answer would be dropped).
+    fn is_closed(&self) -> bool;
     fn send(self, status: u16, headers: Vec<(String, String)>, body: Vec<u8>);
     fn stream(self, status: u16, headers: Vec<(String, String)>) -> Self::Stream;
 }
+
+/// A whole (not streamed) response looks whether its client is still there every this many tokens.
+const CLOSED_CHECK_TOKENS: usize = 16;
 
 /// A streamed response's body.
 pub trait ChunkWriter: Send + 'static {
@@ -65,6 +70,7 @@ pub struct GenSink<R: Responder> {
     text_offset: usize,
     arrival: Instant,
     last_token: Option<Instant>,
+    tokens: usize,
 }
 
 impl<R: Responder> GenSink<R> {
@@ -94,6 +100,7 @@ impl<R: Responder> GenSink<R> {
             text_offset: 0,
             arrival,
             last_token: None,
+            tokens: 0,
         }
     }
 
@@ -165,6 +172,14 @@ impl<R: Responder> TokenSink for GenSink<R> {
         }
         if self.stream {
             return self.flush_chunk(None);
+        }
+        self.tokens += 1;
+        if self.tokens % CLOSED_CHECK_TOKENS == 0 {
+            // A whole response's client that has gone cancels the sequence too.
+            let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            if !matches!(slot.as_ref(), Some(r) if !r.is_closed()) {
+                return false;
+            }
         }
         true
     }
