@@ -8,7 +8,7 @@ use crate::stage::{LogitsRows, StageBatch, StageInput, StageOutput};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub(crate) struct Worker {
     engine: Box<dyn StepEngine>,
@@ -291,6 +291,13 @@ impl Worker {
     fn step(&mut self) {
         let (decode, prefill) = self.plan();
         if decode.is_empty() && prefill.is_empty() {
+            if !self.running.iter().any(|s| s.finish.is_some()) {
+                // Nothing could be scheduled, which the planner never lets happen with work
+                // waiting; should it, wait for a change rather than spin.
+                log::warn!("scheduler: nothing schedulable with {} running", self.running.len());
+                let st = self.shared.lock();
+                let _ = self.shared.wake.wait_timeout(st, Duration::from_millis(10));
+            }
             return;
         }
         self.steps_total += 1;
