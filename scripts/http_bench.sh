@@ -23,6 +23,7 @@ done
 [ -x "$BIN" ] || { echo "error: $BIN missing: cargo build --release -p server --example http_health" >&2; exit 1; }
 
 TMP=$(mktemp -d)
+chmod 755 "$TMP" # the nginx worker runs as an unprivileged user
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -535,4 +535,82 @@ mod tests {
         // Idle again: no large buffer is kept.
         assert!(c.buffered_capacity() <= IN_KEEP_BYTES + OUT_KEEP_BYTES, "{}", c.buffered_capacity());
     }
+
+    /// Seeded: many requests of every framing, cut into random pieces, answered in order with
+    /// the right bodies, however the bytes arrive.
+    #[test]
+    fn any_split_of_pipelined_requests() {
+        let shared = Arc::new(LoopShared::new(crate::http::sys::eventfd().unwrap()));
+        let handler: Arc<dyn Handler> = Arc::new(Echo);
+        let mut cfg = HttpConfig::new("127.0.0.1:0".parse().unwrap(), crate::http::IoBackend::Epoll);
+        cfg.max_pipelined_requests = 3;
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for round in 0..200 {
+            let mut wire = Vec::new();
+            let mut bodies = Vec::new();
+            for i in 0..(1 + next(8)) {
+                let body: Vec<u8> = (0..next(300)).map(|j| b'a' + ((i + j) % 26) as u8).collect();
+                match next(3) {
+                    0 => {
+                        wire.extend_from_slice(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+                        bodies.push(Vec::new());
+                        continue;
+                    }
+                    1 => {
+                        wire.extend_from_slice(
+                            format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                        );
+                        wire.extend_from_slice(&body);
+                    }
+                    _ => {
+                        wire.extend_from_slice(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+                        for piece in body.chunks(1 + next(40) as usize) {
+                            wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                            wire.extend_from_slice(piece);
+                            wire.extend_from_slice(b"\r\n");
+                        }
+                        wire.extend_from_slice(b"0\r\n\r\n");
+                    }
+                }
+                bodies.push(body);
+            }
+            let now = Instant::now();
+            let cx = Cx { handler: &handler, shared: &shared, cfg: &cfg, now, draining: false };
+            let mut c = Conn::new(0, "127.0.0.1:1".parse().unwrap(), now);
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < wire.len() || !c.out_pending().is_empty() {
+                if at < wire.len() && c.wants_read(&cfg) {
+                    let end = (at + 1 + next(64) as usize).min(wire.len());
+                    c.on_read(&wire[at..end], &cx);
+                    at = end;
+                }
+                c.pump(&cx);
+                // The client reads a random amount.
+                let take = (next(200) as usize).min(c.out_pending().len());
+                out.extend_from_slice(&c.out_pending()[..take]);
+                c.consume_out(take, now);
+                assert_eq!(c.next(), Next::Open, "round {round}");
+            }
+            let mut rest = &out[..];
+            for (i, body) in bodies.iter().enumerate() {
+                let mut hs = [httparse::EMPTY_HEADER; 16];
+                let mut resp = httparse::Response::new(&mut hs);
+                let len = match resp.parse(rest) {
+                    Ok(httparse::Status::Complete(len)) => len,
+                    other => panic!("round {round} response {i}: {other:?}"),
+                };
+                assert_eq!(resp.code, Some(200));
+                assert_eq!(&rest[len..len + body.len()], &body[..], "round {round} response {i}");
+                rest = &rest[len + body.len()..];
+            }
+            assert!(rest.is_empty(), "round {round}: extra bytes");
+        }
+    }
 }

@@ -120,6 +120,12 @@ fn probe_here() -> Result<(), HttpError> {
             });
         }
     }
+    if !ring.params().is_feature_ext_arg() {
+        return Err(HttpError::UringSetup {
+            source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            hint: "the kernel lacks IORING_FEAT_EXT_ARG (Linux 5.11+): waits with a timeout",
+        });
+    }
     if !ring.params().is_feature_nodrop() {
         return Err(HttpError::UringSetup {
             source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
