@@ -70,7 +70,8 @@ pub struct GenSink<R: Responder> {
     text_offset: usize,
     arrival: Instant,
     last_token: Option<Instant>,
-    tokens: usize,
+    /// Tokens until a whole response next looks whether its client is still there.
+    until_closed_check: usize,
 }
 
 impl<R: Responder> GenSink<R> {
@@ -100,7 +101,7 @@ impl<R: Responder> GenSink<R> {
             text_offset: 0,
             arrival,
             last_token: None,
-            tokens: 0,
+            until_closed_check: CLOSED_CHECK_TOKENS,
         }
     }
 
@@ -173,8 +174,9 @@ impl<R: Responder> TokenSink for GenSink<R> {
         if self.stream {
             return self.flush_chunk(None);
         }
-        self.tokens += 1;
-        if self.tokens % CLOSED_CHECK_TOKENS == 0 {
+        self.until_closed_check -= 1;
+        if self.until_closed_check == 0 {
+            self.until_closed_check = CLOSED_CHECK_TOKENS;
             // A whole response's client that has gone cancels the sequence too.
             let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
             if !matches!(slot.as_ref(), Some(r) if !r.is_closed()) {
