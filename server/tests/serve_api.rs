@@ -199,3 +199,26 @@ fn the_api_key_guards_v1_only() {
         assert_eq!(s.get("/metrics").status, 200);
     }
 }
+
+#[test]
+fn binding_a_public_address_without_a_key_warns() {
+    use std::io::{BufRead, BufReader};
+    let (_dir, model) = serve_util::tiny_model();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_faascale"))
+        .args(["--log", "warn", "serve", "--host", "0.0.0.0", "--port", "0", "--threads", "1", "--model"])
+        .arg(&model)
+        .env_remove("FAASCALE_API_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut out).unwrap();
+    assert!(out.starts_with("{\"url\": \"http://0.0.0.0:"), "{out}");
+    // SAFETY: kill(2) on our own child's pid, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(err.contains("no API key"), "{err}");
+}
