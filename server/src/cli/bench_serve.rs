@@ -694,6 +694,34 @@ mod tests {
     }
 
     #[test]
+    fn open_and_closed_loops_send_every_request() {
+        for (concurrency, rate) in [(None, Some(200.0)), (Some(2), None)] {
+            let (url, h) = sse_stub(4);
+            let a = Args {
+                url,
+                model: "m".into(),
+                api_key: None,
+                requests: 4,
+                concurrency,
+                rate,
+                prompt_tokens: "3..5".into(),
+                output_tokens: "2..3".into(),
+                seed: 9,
+                timeout_s: 60.0,
+                json: true,
+            };
+            run(a).unwrap();
+            let seen = h.join().unwrap();
+            assert_eq!(seen.len(), 4);
+            for v in &seen {
+                let words = v["prompt"].as_str().unwrap().split(' ').count();
+                let max = v["max_tokens"].as_u64().unwrap();
+                assert!((3..=5).contains(&words) && (2..=3).contains(&max), "{v}");
+            }
+        }
+    }
+
+    #[test]
     fn a_silent_server_times_out() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
