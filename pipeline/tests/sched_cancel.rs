@@ -145,3 +145,48 @@ fn dropping_the_scheduler_finishes_every_sink() {
         assert!(matches!(r.lock().finishes[0].kind, FinishKind::Cancelled | FinishKind::Length));
     }
 }
+
+/// Holds the scheduler's thread inside its `n`-th token until released.
+struct PausingSink {
+    rec: Rec,
+    n: usize,
+    reached: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl pipeline::sched::TokenSink for PausingSink {
+    fn token(&mut self, ev: pipeline::sched::TokenEvent) -> bool {
+        let keep = self.rec.sink().token(ev);
+        if self.rec.lock().tokens.len() == self.n {
+            let _ = self.reached.send(());
+            let _ = self.release.recv_timeout(PATIENCE);
+        }
+        keep
+    }
+    fn finish(&mut self, f: pipeline::sched::Finish) {
+        self.rec.sink().finish(f)
+    }
+}
+
+#[test]
+fn the_kv_books_match_the_engine_as_a_sequence_grows() {
+    let (_d, model) = synth_model("tiny-llama", 7);
+    let sched = Scheduler::start(Box::new(cpu_engine(&model, &[], 1)), cfg(1, 8, None, 64)).unwrap();
+    let (rec, block) = (Rec::new(), pipeline::kv::KV_BLOCK_TOKENS);
+    // Pause at the n-th generated token: the stats then are those after the step before, with
+    // 20 + n - 2 positions cached, between 2 and 3 blocks. Growth by doubling would hold 4
+    // blocks there; growth by blocks holds 3, as booked.
+    let n = 2 * block + block / 2 - 20;
+    let (reached_tx, reached) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let sink = PausingSink { rec: rec.clone(), n, reached: reached_tx, release: release_rx };
+    sched.submit(greedy((0..20).collect(), 3 * block), Box::new(sink)).unwrap();
+    reached.recv_timeout(PATIENCE).expect("the sequence reaches its pause");
+    let s = sched.stats();
+    assert_eq!(s.kv_used_bytes, 3 * block as u64 * 2048, "{s:?}");
+    assert_eq!(Some(s.kv_used_bytes), s.kv_held_bytes, "{s:?}");
+    release.send(()).unwrap();
+    assert_eq!(rec.wait().1.kind, FinishKind::Length);
+    let s = wait_stats(&sched, "idle", |s| s.running == 0);
+    assert_eq!((s.kv_used_bytes, s.kv_held_bytes), (0, Some(0)));
+}

@@ -9,6 +9,8 @@ mod sched_common;
 use pipeline::sampler::Rng;
 use pipeline::sched::{FinishKind, Scheduler, SeqRequest, SubmitError};
 use sched_common::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn pool(rng: &mut Rng) -> Vec<SeqRequest> {
@@ -66,7 +68,30 @@ fn run_seed(seed: u64, model: &pipeline::Model, reqs: &[SeqRequest], want: &[(Ve
     let cuts: &[usize] = [&[][..], &[3], &[2, 6]][pick(3)];
     let c = cfg(max_num_seqs, max_queue, kv, chunk);
     let ctx = format!("seed {seed}: {c:?}, cuts {cuts:?}");
-    let sched = Scheduler::start(Box::new(cpu_engine(model, cuts, 1)), c).unwrap();
+    let sched = Arc::new(Scheduler::start(Box::new(cpu_engine(model, cuts, 1)), c).unwrap());
+    // meanwhile, the books are watched: within the budget and the bounds, matching the engine
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = std::thread::spawn({
+        let (sched, stop) = (sched.clone(), stop.clone());
+        move || {
+            let mut seen = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let s = sched.stats();
+                let held_ok =
+                    s.kv_held_bytes == Some(s.kv_used_bytes) || (s.steps_total == 0 && s.kv_held_bytes.is_none());
+                if s.kv_used_bytes > s.kv_total_bytes
+                    || !held_ok
+                    || s.running > c.max_num_seqs
+                    || s.waiting > c.max_queue + c.max_num_seqs
+                {
+                    return Err(format!("{s:?}"));
+                }
+                seen += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok(seen)
+        }
+    });
     let mut runs = Vec::new();
     let mut full = 0;
     for _ in 0..60 {
@@ -133,6 +158,9 @@ fn run_seed(seed: u64, model: &pipeline::Model, reqs: &[SeqRequest], want: &[(Ve
         let r = rec.lock();
         assert_eq!((r.finishes.len(), r.late_tokens), (1, 0), "{what}");
     }
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.join().unwrap().unwrap_or_else(|e| panic!("{ctx}: stats out of bounds: {e}"));
+    assert!(seen > 0);
     let s = wait_stats(&sched, &ctx, |s| s.running == 0 && s.waiting == 0);
     assert_eq!((s.kv_used_bytes, s.kv_held_bytes), (0, Some(0)), "{ctx}");
     eprintln!(
