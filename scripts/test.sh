@@ -25,3 +25,5 @@ for v in scalar avx2; do
   echo "== pipeline tests with FAASCALE_CPU_KERNELS=$v"
   FAASCALE_CPU_KERNELS=$v cargo test -p pipeline 2>&1
 done
+# faascale serve end to end: the official openai client and curl (scripts/serve_tests.sh).
+bash scripts/serve_tests.sh

@@ -6,6 +6,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod api;
 mod cli;
 mod logging;
 #[allow(unused_imports)] // the HTTP layer lives in the library (src/lib.rs) so tests and examples reach it
@@ -18,16 +19,17 @@ use std::process::ExitCode;
 #[command(
     name = "faascale",
     version,
-    about = "faascale: the parts of a serverless LLM inference system (engine, packed blocks, block multicast, planner, simulator); no HTTP server or manager yet",
+    about = "faascale: the parts of a serverless LLM inference system (engine, OpenAI-compatible server, packed blocks, block multicast, planner, simulator); no manager yet",
     long_about = "faascale: the parts of a serverless LLM inference system that is to scale out by block multicast \
 and execute-while-load.\n\n\
-What exists: a local CPU/GPU engine (generate), the packed block format (pack, inspect), the multicast \
+What exists: a local CPU/GPU engine (generate), a one-node OpenAI-compatible HTTP server with continuous \
+batching (serve) and its load generator (bench serve), the packed block format (pack, inspect), the multicast \
 planner (plan), a trace-driven simulator of scale-out systems (simulate), and a block multicast between \
 worker processes (bench multicast).\n\n\
 Not yet built: execute-while-load across processes (its parts exist: execution plans and the simulator \
 model it, and a pipeline::Stage runs a range of blocks, but no command runs a model as a pipeline over \
-several processes or nodes), the HTTP server, and the manager that would start workers and route \
-requests."
+several processes or nodes), and the manager that would start workers and route requests across \
+nodes."
 )]
 struct Cli {
     /// Log level on standard error: error, warn, info, debug.
@@ -54,6 +56,8 @@ enum Command {
     /// A multicast worker process (started by `bench multicast`).
     #[command(hide = true)]
     Worker(cli::worker::Args),
+    /// Serve a model with an OpenAI-compatible HTTP API (continuous batching).
+    Serve(cli::serve::Args),
     /// Replay a request trace on a simulated cluster and compare scale-out systems.
     Simulate(cli::simulate::Args),
     /// Check the CUDA kernels and the GPU engine against the CPU and time them (lent GPU machine).
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
         Command::Plan(a) => (a.json, cli::plan::run(a)),
         Command::Bench(a) => (a.json(), cli::bench::run(a)),
         Command::Worker(a) => (false, cli::worker::run(a)),
+        Command::Serve(a) => (false, cli::serve::run(a)),
         Command::Simulate(a) => (a.json, cli::simulate::run(a)),
         Command::GpuCheck(a) => (a.json, cli::gpu_check::run(a)),
     };

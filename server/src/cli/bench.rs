@@ -33,12 +33,15 @@ enum What {
     /// `verified` in the result is true when every surviving receiver held every block with its
     /// checksum matched; receivers declared dead are listed in `dead` and not counted.
     Multicast(MulticastArgs),
+    /// Load an OpenAI-compatible server with streamed completions; report tokens/s, TTFT, ITL.
+    Serve(super::bench_serve::Args),
 }
 
 impl Args {
     pub fn json(&self) -> bool {
         match &self.what {
             What::Multicast(m) => m.json,
+            What::Serve(s) => s.json,
         }
     }
 }
@@ -111,6 +114,7 @@ struct MulticastArgs {
 pub fn run(a: Args) -> Result<(), String> {
     match a.what {
         What::Multicast(m) => multicast(m),
+        What::Serve(s) => super::bench_serve::run(s),
     }
 }
 

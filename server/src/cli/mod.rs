@@ -1,11 +1,14 @@
 //! One module per `faascale` subcommand.
 
 pub mod bench;
+pub mod bench_serve;
 pub mod generate;
 pub mod gpu_check;
 pub mod inspect;
 pub mod pack;
 pub mod plan;
+pub mod serve;
+pub mod serve_signals;
 pub mod simulate;
 pub mod synth;
 pub mod worker;
