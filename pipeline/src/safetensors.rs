@@ -291,7 +291,7 @@ mod tests {
     fn image(header: &str, data_len: usize) -> Vec<u8> {
         let mut v = (header.len() as u64).to_le_bytes().to_vec();
         v.extend_from_slice(header.as_bytes());
-        v.extend(std::iter::repeat(0u8).take(data_len));
+        v.extend(std::iter::repeat_n(0u8, data_len));
         v
     }
 

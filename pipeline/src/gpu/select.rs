@@ -55,9 +55,21 @@ pub fn whole_model_stage(
     num_blocks: usize,
     required: bool,
 ) -> std::result::Result<Option<GpuStage>, String> {
+    whole_model_stage_with(model, packed, num_blocks, required, GpuStageLimits::for_config(&model.config).max_seqs)
+}
+
+/// As `whole_model_stage`, with room for `max_seqs` sequences in the KV cache (a server's
+/// `--max-num-seqs`; the KV slots are preallocated, so this sets the stage's KV memory).
+pub fn whole_model_stage_with(
+    model: &Model,
+    packed: Option<&PackedFile>,
+    num_blocks: usize,
+    required: bool,
+    max_seqs: usize,
+) -> std::result::Result<Option<GpuStage>, String> {
     let build = || -> Result<GpuStage> {
         let layout = crate::blocks::BlockLayout::new(model.config.num_hidden_layers, num_blocks)?;
-        let limits = GpuStageLimits::for_config(&model.config);
+        let limits = GpuStageLimits { max_seqs, ..GpuStageLimits::for_config(&model.config) };
         GpuStage::check(&model.config, model.weights.as_ref(), &layout, 0..num_blocks, &limits)?;
         let dev = GpuDevice::open(0)?;
         let bytes = packed.map(|p| p as &dyn BlockBytes);

@@ -190,11 +190,12 @@ fn load(a: &Args, threads: usize, dtype: kernels::DType) -> Result<(Served, Sche
     let num_blocks = pipeline::BlockLayout::default_for(cfg.num_hidden_layers).map_err(|e| e.to_string())?.num_blocks;
     let gpu_stage = match device {
         pipeline::gpu::select::Device::Cpu => None,
-        d => pipeline::gpu::select::whole_model_stage(
+        d => pipeline::gpu::select::whole_model_stage_with(
             &model,
             packed.as_deref(),
             num_blocks,
             d == pipeline::gpu::select::Device::Cuda,
+            a.max_num_seqs,
         )?,
     };
     let (engine, backend): (Box<dyn StepEngine>, String) = match gpu_stage {
