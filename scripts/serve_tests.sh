@@ -2,7 +2,7 @@
 # End-to-end checks of `faascale serve` from outside Rust (the Rust ones are server/tests/serve_*.rs):
 #  1. the official `openai` Python client (pinned, installed here into a venv) on the tiny test
 #     model, on both --io backends, with an API key;
-#  2. `curl` as docs/serve.md shows it, on SmolLM2-135M-Instruct (scripts/fetch_smollm2.sh).
+#  2. `curl` as the README shows it, on SmolLM2-135M-Instruct (scripts/fetch_smollm2.sh).
 # Every server is stopped with SIGTERM and must exit 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +63,7 @@ for io in epoll io-uring; do
   stop_server
 done
 
-# curl, as docs/serve.md shows it, on the real model.
+# curl, as the README shows it, on the real model.
 start_server smollm2 --model models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 2
 curl -sf "$URL/health" > /dev/null
 answer=$(curl -sf "$URL/v1/chat/completions" -H 'Content-Type: application/json' -d '{
