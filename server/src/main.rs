@@ -8,6 +8,7 @@
 
 mod cli;
 mod logging;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

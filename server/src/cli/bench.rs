@@ -30,12 +30,15 @@ pub struct Args {
 enum What {
     /// Multicast a model from K sources to N − K receivers through real worker processes.
     Multicast(MulticastArgs),
+    /// Hand one decode step's hidden state between two stage processes on loopback, and time it.
+    Hop(super::bench_hop::Args),
 }
 
 impl Args {
     pub fn json(&self) -> bool {
         match &self.what {
             What::Multicast(m) => m.json,
+            What::Hop(h) => h.json,
         }
     }
 }
@@ -108,6 +111,7 @@ struct MulticastArgs {
 pub fn run(a: Args) -> Result<(), String> {
     match a.what {
         What::Multicast(m) => multicast(m),
+        What::Hop(h) => super::bench_hop::run(h),
     }
 }
 
