@@ -141,7 +141,8 @@ fn a_model_split_across_a_link_gives_the_engines_greedy_tokens_with_micro_batche
     for g in 0..groups.len() {
         let b = send_group(&mut first, g, &got, &mut group_of_mb).unwrap();
         link.send(&Hop::Batch(b)).unwrap();
-        most_in_flight = most_in_flight.max(link.tx.in_flight());
+        most_in_flight = most_in_flight.max(group_of_mb.len());
+        assert!(link.tx.in_flight() <= 4, "the window bounds what waits at the next stage");
     }
     let mut open = groups.len();
     while open > 0 {
@@ -155,7 +156,8 @@ fn a_model_split_across_a_link_gives_the_engines_greedy_tokens_with_micro_batche
         match send_group(&mut first, g, &got, &mut group_of_mb) {
             Some(b) => {
                 link.send(&Hop::Batch(b)).unwrap();
-                most_in_flight = most_in_flight.max(link.tx.in_flight());
+                most_in_flight = most_in_flight.max(group_of_mb.len());
+                assert!(link.tx.in_flight() <= 4, "the window bounds what waits at the next stage");
             }
             None => open -= 1,
         }
@@ -166,6 +168,8 @@ fn a_model_split_across_a_link_gives_the_engines_greedy_tokens_with_micro_batche
         assert_eq!(got[i], w.tokens, "request {i}");
     }
     assert_eq!(served as u64, next_mb);
+    // Micro-batches sent and not yet answered: both groups at once, so stage 0 ran one group's
+    // step while stage 1 ran the other's.
     assert_eq!(most_in_flight, 2, "both micro-batches were in flight at once");
 }
 
@@ -294,4 +298,18 @@ fn configuration_out_of_bounds_is_refused() {
     }
     let e = Link::connect("127.0.0.1:9".parse().unwrap(), &secret(1), cfg(0, 100)).err().unwrap();
     assert!(e.to_string().contains("window"), "{e}");
+}
+
+#[test]
+fn a_peer_that_vanishes_without_a_word_ends_the_link() {
+    let listener = LinkListener::bind(loopback(), secret(1), cfg(2, 30_000)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acc = std::thread::spawn(move || listener.accept());
+    let raw = rdma::tcp::connect(addr, &secret(1), 30_000).unwrap();
+    let link = acc.join().unwrap().unwrap();
+    let t = Instant::now();
+    raw.writer.abort(); // the socket shut, no Close frame: as when the process is killed
+    let e = link.recv().unwrap_err();
+    assert!(matches!(e, LinkError::Closed { .. }), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(20), "no wait for the 30 s timeout");
 }
