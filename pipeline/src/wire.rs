@@ -461,4 +461,33 @@ mod tests {
             assert!(e.contains(want), "{e} should mention {want}");
         }
     }
+
+    #[test]
+    fn mutated_messages_decode_cleanly_or_re_encode_to_the_same_bytes() {
+        // The fuzz target `batch_wire`'s property, over seeded mutations of valid messages.
+        let mut rng = crate::sampler::Rng::new(13);
+        let t =
+            [SampledToken { seq_id: 5, token: 7, logprob: -0.5 }, SampledToken { seq_id: 6, token: 1, logprob: 0.0 }];
+        let seeds = [encode_batch(&batch()).unwrap(), encode_tokens(3, &t).unwrap()];
+        for i in 0..20_000 {
+            let mut m = seeds[i % 2].clone();
+            for _ in 0..1 + rng.next_u64() % 4 {
+                let at = (rng.next_u64() % m.len() as u64) as usize;
+                match rng.next_u64() % 3 {
+                    0 => m[at] = rng.next_u64() as u8,
+                    1 => m.truncate(at),
+                    _ => m.insert(at, rng.next_u64() as u8),
+                }
+                if m.is_empty() {
+                    break;
+                }
+            }
+            if let Ok(b) = decode_batch(&m) {
+                assert_eq!(encode_batch(&b).unwrap(), m);
+            }
+            if let Ok((mb, tokens)) = decode_tokens(&m) {
+                assert_eq!(encode_tokens(mb, &tokens).unwrap(), m);
+            }
+        }
+    }
 }
