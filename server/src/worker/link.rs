@@ -158,6 +158,8 @@ pub enum Hop {
 struct Flow {
     /// Data messages sent and not yet credited back.
     in_flight: usize,
+    /// Data messages received and not yet taken by `recv` (at most the window).
+    queued: usize,
     /// Why the link ended, once it has.
     dead: Option<String>,
 }
@@ -258,14 +260,17 @@ impl Link {
     /// Runs a link over an authenticated connection: starts its reader thread.
     pub fn over(conn: Conn, cfg: LinkConfig) -> Result<Link> {
         cfg.validate()?;
-        let shared = Arc::new(Shared { flow: Mutex::new(Flow { in_flight: 0, dead: None }), changed: Condvar::new() });
+        let shared = Arc::new(Shared {
+            flow: Mutex::new(Flow { in_flight: 0, queued: 0, dead: None }),
+            changed: Condvar::new(),
+        });
         // `window` data messages, plus one slot for the error that ends the link.
         let (qtx, rx) = sync_channel(cfg.window + 1);
         let reader = conn.reader;
-        let (sh, peer) = (shared.clone(), reader.peer().to_string());
+        let (sh, w, peer) = (shared.clone(), conn.writer.clone(), reader.peer().to_string());
         std::thread::Builder::new()
             .name("hop-link-reader".into())
-            .spawn(move || read_loop(reader, sh, qtx, cfg))
+            .spawn(move || read_loop(reader, w, sh, qtx, cfg))
             .map_err(|e| LinkError::Protocol { peer, reason: format!("spawning the reader thread: {e}") })?;
         let writer = conn.writer;
         Ok(Link {
@@ -292,8 +297,15 @@ impl Link {
     }
 }
 
-/// The reader thread: credits update the window; data messages are checked and queued.
-fn read_loop(mut r: rdma::tcp::ConnReader, shared: Arc<Shared>, q: SyncSender<Result<Hop>>, cfg: LinkConfig) {
+/// The reader thread: credits update the window; data messages are checked and queued. Whatever
+/// ends the link is told to the peer (a `Close` frame with the reason) and to this side.
+fn read_loop(
+    mut r: rdma::tcp::ConnReader,
+    w: ConnWriter,
+    shared: Arc<Shared>,
+    q: SyncSender<Result<Hop>>,
+    cfg: LinkConfig,
+) {
     let peer = r.peer().to_string();
     let end = loop {
         let bytes = match r.recv() {
@@ -342,20 +354,25 @@ fn read_loop(mut r: rdma::tcp::ConnReader, shared: Arc<Shared>, q: SyncSender<Re
                 break LinkError::Protocol { peer, reason: format!("unknown message (starts {head:?})") };
             }
         };
-        match q.try_send(Ok(hop)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+        {
+            let mut f = shared.flow.lock().unwrap_or_else(|p| p.into_inner());
+            if f.queued >= cfg.window {
                 break LinkError::Protocol {
                     peer,
                     reason: format!("more than the window of {} messages sent without credit", cfg.window),
-                }
+                };
             }
+            f.queued += 1;
+        }
+        match q.try_send(Ok(hop)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => unreachable!("the queue holds the window plus one, and `queued` bounds it"),
             Err(TrySendError::Disconnected(_)) => return,
         }
     };
     shared.kill(end.to_string());
-    // The queue keeps one slot for this; a full queue means the receiver already has `window`
-    // messages to take before it would see it, and the flow's `dead` says it meanwhile.
+    w.close(&end.to_string());
+    // The queue keeps one slot for this (it holds at most `window` data messages).
     let _ = q.try_send(Err(end));
 }
 
@@ -434,7 +451,8 @@ impl LinkReceiver {
     /// The next data message, waiting at most `timeout`; taking it returns a credit to the peer.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Hop> {
         let m = match self.rx.recv_timeout(timeout) {
-            Ok(m) => m?,
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(e),
             Err(RecvTimeoutError::Timeout) => {
                 if let Some(reason) = self.shared.flow.lock().unwrap_or_else(|p| p.into_inner()).dead.clone() {
                     return Err(LinkError::Closed { peer: self.peer().into(), reason });
@@ -449,13 +467,22 @@ impl LinkReceiver {
                 return Err(LinkError::Closed { peer: self.peer().into(), reason: reason.unwrap_or_default() });
             }
         };
-        let mut credit = [0u8; 8];
-        credit[..4].copy_from_slice(&CREDIT_MAGIC);
-        credit[4..].copy_from_slice(&1u32.to_le_bytes());
-        self.writer.message(&credit).map_err(|err| {
-            self.shared.kill(format!("sending a credit failed: {err}"));
-            LinkError::Send { peer: self.peer().into(), err }
-        })?;
+        let dead = {
+            let mut f = self.shared.flow.lock().unwrap_or_else(|p| p.into_inner());
+            f.queued = f.queued.saturating_sub(1);
+            f.dead.is_some()
+        };
+        // A message that arrived whole is delivered even if the link has ended since; the credit
+        // goes back only on a live link, and a failure to send it ends the link, which the next
+        // `send` or `recv` reports.
+        if !dead {
+            let mut credit = [0u8; 8];
+            credit[..4].copy_from_slice(&CREDIT_MAGIC);
+            credit[4..].copy_from_slice(&1u32.to_le_bytes());
+            if let Err(err) = self.writer.message(&credit) {
+                self.shared.kill(format!("sending a credit failed: {err}"));
+            }
+        }
         Ok(m)
     }
 }

@@ -313,3 +313,27 @@ fn a_peer_that_vanishes_without_a_word_ends_the_link() {
     assert!(matches!(e, LinkError::Closed { .. }), "{e}");
     assert!(t.elapsed() < Duration::from_secs(20), "no wait for the 30 s timeout");
 }
+
+#[test]
+fn a_peer_that_ignores_the_window_is_refused() {
+    let listener = LinkListener::bind(loopback(), secret(1), cfg(2, 5_000)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acc = std::thread::spawn(move || listener.accept());
+    let raw = rdma::tcp::connect(addr, &secret(1), 5_000).unwrap();
+    let link = acc.join().unwrap().unwrap();
+    for mb in 1..=3 {
+        let Hop::Batch(b) = one_row(mb) else { unreachable!() };
+        raw.writer.message(&pipeline::wire::encode_batch(&b).unwrap()).unwrap();
+    }
+    // The third, sent without credit, ends the link, and the peer is told why.
+    let mut r = raw.reader;
+    match r.recv().unwrap() {
+        rdma::tcp::Incoming::Close(reason) => assert!(reason.contains("without credit"), "{reason}"),
+        other => panic!("expected Close, got {other:?}"),
+    }
+    // The two the window allows were queued and can still be taken.
+    assert_eq!(link.recv().unwrap(), one_row(1));
+    assert_eq!(link.recv().unwrap(), one_row(2));
+    let e = link.recv().unwrap_err();
+    assert!(matches!(e, LinkError::Protocol { .. }) && e.to_string().contains("without credit"), "{e}");
+}
