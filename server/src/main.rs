@@ -11,6 +11,7 @@ mod cli;
 mod logging;
 #[allow(unused_imports)] // the HTTP layer lives in the library (src/lib.rs) so tests and examples reach it
 use server::http;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

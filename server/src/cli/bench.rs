@@ -35,6 +35,8 @@ enum What {
     Multicast(MulticastArgs),
     /// Load an OpenAI-compatible server with streamed completions; report tokens/s, TTFT, ITL.
     Serve(super::bench_serve::Args),
+    /// Hand one decode step's hidden state between two stage processes on loopback, and time it.
+    Hop(super::bench_hop::Args),
 }
 
 impl Args {
@@ -42,6 +44,7 @@ impl Args {
         match &self.what {
             What::Multicast(m) => m.json,
             What::Serve(s) => s.json,
+            What::Hop(h) => h.json,
         }
     }
 }
@@ -115,6 +118,7 @@ pub fn run(a: Args) -> Result<(), String> {
     match a.what {
         What::Multicast(m) => multicast(m),
         What::Serve(s) => super::bench_serve::run(s),
+        What::Hop(h) => super::bench_hop::run(h),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per `faascale` subcommand.
 
 pub mod bench;
+pub mod bench_hop;
 pub mod bench_serve;
 pub mod generate;
 pub mod gpu_check;
