@@ -10,6 +10,20 @@ use std::time::Instant;
 
 const RUNS: usize = 5;
 
+/// Sorted timings (milliseconds) of `RUNS` runs of `f`, and its last result.
+fn time<T>(mut f: impl FnMut() -> T) -> (Vec<f64>, T) {
+    let mut ms = Vec::with_capacity(RUNS);
+    let mut last = None;
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let out = f();
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        last = Some(out);
+    }
+    ms.sort_by(f64::total_cmp);
+    (ms, last.expect("RUNS > 0"))
+}
+
 fn main() {
     let (n, exec_blocks) = (1000usize, 64usize);
     for (name, bytes) in [("llama-2-7b", 13_500_000_000u64), ("llama-2-70b", 138_000_000_000)] {
@@ -26,23 +40,19 @@ fn main() {
                 receivers.iter().flat_map(|&r| arr[r as usize].iter().flatten().copied()).collect();
             times.sort_by(f64::total_cmp);
             times.dedup();
-            let mut ms = Vec::with_capacity(RUNS);
-            let mut last = None;
-            for _ in 0..RUNS {
-                let t = Instant::now();
-                let e = exec_plan(&ev, &layout, &receivers).unwrap();
-                ms.push(t.elapsed().as_secs_f64() * 1e3);
-                last = Some(e);
-            }
-            ms.sort_by(f64::total_cmp);
-            let e = last.expect("RUNS > 0");
+            let (ms, e) = time(|| exec_plan(&ev, &layout, &receivers).unwrap());
+            let (arr_ms, _) = time(|| exec::exec_arrivals(&ev, &layout).unwrap());
+            let (walk_ms, _) = time(|| exec_plan_from_arrivals(&arr, &receivers, exec_blocks).unwrap());
             let multi = e.pipelines.iter().filter(|p| !p.is_local()).count();
-            let at_first = e.pipelines_at(ev.first_copy_s).count();
+            let first_pipeline_s = e.pipelines.iter().map(|p| p.valid_from_s).fold(f64::INFINITY, f64::min);
+            let first_local_s = e.handoffs.first().map_or(f64::INFINITY, |h| h.at_s);
             println!(
-                "{name} {n} nodes k={k} {exec_blocks} exec blocks ({} transfer blocks): exec_plan best {:.1} ms, median {:.1} ms; {} arrival times, {} pipelines ({multi} multi-stage), {at_first} valid at first copy {:.3} s",
+                "{name} {n} nodes k={k} {exec_blocks} exec blocks ({} transfer blocks): exec_plan best {:.1} ms, median {:.1} ms (exec_arrivals best {:.1} ms, exec_plan_from_arrivals best {:.1} ms); {} arrival times, {} pipelines ({multi} multi-stage); first pipeline {first_pipeline_s:.3} s, first local instance {first_local_s:.3} s, first copy (transfer blocks) {:.3} s",
                 layout.transfer_blocks.len(),
                 ms[0],
                 ms[RUNS / 2],
+                arr_ms[0],
+                walk_ms[0],
                 times.len(),
                 e.pipelines.len(),
                 ev.first_copy_s
