@@ -31,10 +31,10 @@
 //! cover `[0, B)`, each held whole by one node, stage boundaries free (so a stage may span
 //! several blocks, and stages may differ in length); among such covers, the one whose longest
 //! stage is shortest (then the one whose stages end furthest forward). Each stage goes to the
-//! node holding it with the fewest stages so far (ties: fewest blocks held, then first in
-//! `nodes`), other than the previous stage's node. It has at most `MAX_STAGES` stages
-//! whenever some cover of at most `MAX_STAGES` stages exists, and otherwise the fewest
-//! possible, more than `MAX_STAGES`: k-way multicasts hand out interleaved blocks (group `g`
+//! node holding it with the fewest stages so far (ties: first in `nodes`; unlike the greedy,
+//! not by blocks held: one pipeline leaves no other to keep nodes for), other than the
+//! previous stage's node. It has at most `MAX_STAGES` stages whenever some cover of at most
+//! `MAX_STAGES` stages exists, and otherwise the fewest possible, more than `MAX_STAGES`: k-way multicasts hand out interleaved blocks (group `g`
 //! gets blocks `g, g + k, …` first), so when the new nodes first hold the model together no
 //! node may hold two consecutive blocks, and a `B`-stage pipeline is the only one there is.
 //! Serving over it beats serving over none; the shaped pipelines replace it as soon as they
@@ -202,18 +202,16 @@ pub fn form_pipelines(holdings: &[Vec<bool>], nodes: &[u32], num_blocks: usize) 
         }
     }
     let pipe = |stages: Vec<StageSpan>| ExecPipeline { stages, valid_from_s: 0.0, valid_until_s: None };
-    let mut rows: Vec<(u32, Vec<u32>, usize)> = Vec::new(); // (node, reach, blocks held) of partial nodes
-    for &n in &cands {
-        let (reach, held) = form::reach_row(holdings.get(n as usize).map_or(&[][..], |r| &r[..]), num_blocks);
-        if held == num_blocks {
+    let rows: Vec<&[bool]> = cands.iter().map(|&n| holdings.get(n as usize).map_or(&[][..], |r| &r[..])).collect();
+    let (reach, held) = form::reach_of(&rows, num_blocks);
+    let m = form::Moment { nodes: &cands, held: &held, reach: &reach, num_blocks };
+    for (c, &n) in cands.iter().enumerate() {
+        if held[c] == num_blocks {
             out.push(pipe(vec![StageSpan { node: n, blocks: 0..num_blocks as u32 }]));
-        } else if held > 0 {
-            rows.push((n, reach, held));
         }
     }
-    let partial: Vec<form::Partial> =
-        rows.iter().map(|(node, reach, held)| form::Partial { node: *node, held: *held, reach }).collect();
-    out.extend(form::form_multi(&partial, num_blocks, out.is_empty()).0.into_iter().map(pipe));
+    let far = out.is_empty().then(|| form::far_of(&m));
+    out.extend(form::form_multi(&m, far.as_deref()).0.into_iter().map(pipe));
     out
 }
 

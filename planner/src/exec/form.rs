@@ -1,58 +1,68 @@
-//! Multi-stage pipelines at one moment, from what each partial node holds: the shaped greedy,
+//! Multi-stage pipelines at one moment, from what each candidate holds: the shaped greedy,
 //! then the fewest-stage cover when the greedy and local instances give nothing (see the
 //! `exec` module documentation).
 
 use super::{shapes, stage_range, StageSpan};
 use std::ops::Range;
 
-/// A candidate that holds some blocks but not all: `reach[p]` is the end (exclusive) of the
-/// run of consecutive held blocks containing `p`, 0 when `p` is not held. So the node holds
-/// `[p, q)` exactly when `reach[p] >= q`.
-pub(crate) struct Partial<'a> {
-    pub node: u32,
-    /// Blocks held.
-    pub held: usize,
+/// What the candidates hold at one moment. Candidate `c` is node `nodes[c]`; it holds
+/// `held[c]` blocks; `reach[p * n + c]` (block-major, `n` candidates) is the end (exclusive)
+/// of the run of consecutive blocks it holds containing `p`, 0 when it does not hold `p`, so
+/// it holds `[p, q)` exactly when `reach[p * n + c] >= q`.
+pub(crate) struct Moment<'a> {
+    pub nodes: &'a [u32],
+    pub held: &'a [usize],
     pub reach: &'a [u32],
+    pub num_blocks: usize,
 }
 
-impl Partial<'_> {
-    fn holds(&self, r: &Range<u32>) -> bool {
-        self.reach.get(r.start as usize).is_some_and(|&e| e >= r.end)
+impl Moment<'_> {
+    fn holds(&self, c: usize, r: &Range<u32>) -> bool {
+        self.reach[r.start as usize * self.nodes.len() + c] >= r.end
+    }
+
+    fn partial(&self, c: usize) -> bool {
+        self.held[c] > 0 && self.held[c] < self.num_blocks
     }
 }
 
-/// `reach` of a holdings row (see `Partial`), over `num_blocks` blocks (missing entries: not
-/// held), and the number of blocks held.
-pub(crate) fn reach_row(row: &[bool], num_blocks: usize) -> (Vec<u32>, usize) {
-    let mut reach = vec![0u32; num_blocks];
-    let mut end = 0u32;
-    let mut held = 0;
-    for p in (0..num_blocks).rev() {
-        if row.get(p).copied().unwrap_or(false) {
-            if end == 0 {
-                end = p as u32 + 1;
+/// The block-major `reach` of `Moment` for holdings rows (missing entries: not held), and the
+/// blocks each row holds.
+pub(crate) fn reach_of(rows: &[&[bool]], num_blocks: usize) -> (Vec<u32>, Vec<usize>) {
+    let n = rows.len();
+    let mut reach = vec![0u32; num_blocks * n];
+    let mut held = vec![0usize; n];
+    for (c, row) in rows.iter().enumerate() {
+        let mut end = 0u32;
+        for p in (0..num_blocks).rev() {
+            if row.get(p).copied().unwrap_or(false) {
+                if end == 0 {
+                    end = p as u32 + 1;
+                }
+                reach[p * n + c] = end;
+                held[c] += 1;
+            } else {
+                end = 0;
             }
-            reach[p] = end;
-            held += 1;
-        } else {
-            end = 0;
         }
     }
     (reach, held)
 }
 
-/// Marks block `p` held in `reach` (see `Partial`): the runs on either side join.
-pub(crate) fn add_block(reach: &mut [u32], p: usize) {
-    let end = match reach.get(p + 1) {
+/// Marks block `p` held by candidate `c` of `n` in a block-major `reach` (see `Moment`): the
+/// runs on either side join. Returns the joined run.
+pub(crate) fn add_block(reach: &mut [u32], n: usize, c: usize, p: usize) -> Range<usize> {
+    let end = match reach.get((p + 1) * n + c) {
         Some(&e) if e > 0 => e,
         _ => p as u32 + 1,
     };
     let mut q = p;
-    reach[q] = end;
-    while q > 0 && reach[q - 1] > 0 {
+    reach[q * n + c] = end;
+    while q > 0 && reach[(q - 1) * n + c] > 0 {
         q -= 1;
-        reach[q] = end;
+        reach[q * n + c] = end;
     }
+    q..end as usize
 }
 
 /// The stage ranges of every multi-stage shape over `num_blocks` blocks.
@@ -60,19 +70,28 @@ pub(crate) fn shape_ranges(num_blocks: usize) -> Vec<Range<u32>> {
     shapes(num_blocks).into_iter().flat_map(|s| (0..s).map(move |i| stage_range(i, s, num_blocks))).collect()
 }
 
-/// Whether a node with `reach` holds some stage of some shape (else the greedy never uses it).
-pub(crate) fn holds_a_shape_stage(reach: &[u32], ranges: &[Range<u32>]) -> bool {
-    ranges.iter().any(|r| reach.get(r.start as usize).is_some_and(|&e| e >= r.end))
+/// Whether candidate `c` holds some stage of some shape (else the greedy never uses it).
+pub(crate) fn holds_a_shape_stage(m: &Moment, c: usize, ranges: &[Range<u32>]) -> bool {
+    ranges.iter().any(|r| m.holds(c, r))
 }
 
-/// The multi-stage pipelines at one moment, in order of formation: the shaped greedy over
-/// `partial` (in candidate order); if it forms none and `allow_cover`, the fewest-stage cover
-/// (`cover`), when the partial nodes together hold every block. The flag: whether the greedy
-/// formed none.
-pub(crate) fn form_multi(partial: &[Partial], num_blocks: usize, allow_cover: bool) -> (Vec<Vec<StageSpan>>, bool) {
+/// The multi-stage pipelines at one moment, in order of formation: the shaped greedy over the
+/// partial candidates; if it forms none and `far` is given, the fewest-stage cover (`cover`).
+/// The flag: whether the greedy formed none.
+pub(crate) fn form_multi(m: &Moment, far: Option<&[u32]>) -> (Vec<Vec<StageSpan>>, bool) {
+    let num_blocks = m.num_blocks;
     let ranges = shape_ranges(num_blocks);
-    // Only nodes holding some shape stage can carry one; the order (the last tie-break) is kept.
-    let elig: Vec<&Partial> = partial.iter().filter(|p| holds_a_shape_stage(p.reach, &ranges)).collect();
+    let n = m.nodes.len();
+    // Only candidates holding some shape stage can carry one; candidate order (the last
+    // tie-break) is kept. Range by range, the reach rows are read in order.
+    let mut any = vec![false; n];
+    for r in &ranges {
+        let row = &m.reach[r.start as usize * n..(r.start as usize + 1) * n];
+        for (a, &e) in any.iter_mut().zip(row) {
+            *a |= e >= r.end;
+        }
+    }
+    let elig: Vec<usize> = (0..n).filter(|&c| any[c] && m.partial(c)).collect();
     let mut out = Vec::new();
     let mut load = vec![0usize; elig.len()];
     for s in shapes(num_blocks) {
@@ -83,11 +102,11 @@ pub(crate) fn form_multi(partial: &[Partial], num_blocks: usize, allow_cover: bo
                 let r = stage_range(i, s, num_blocks);
                 let prev = stages.last().map(|st: &StageSpan| st.node);
                 let best = (0..elig.len())
-                    .filter(|&j| Some(elig[j].node) != prev && elig[j].holds(&r))
-                    .min_by_key(|&j| (trial[j], elig[j].held, j));
+                    .filter(|&j| Some(m.nodes[elig[j]]) != prev && m.holds(elig[j], &r))
+                    .min_by_key(|&j| (trial[j], m.held[elig[j]], j));
                 let Some(j) = best else { break };
                 trial[j] += 1;
-                stages.push(StageSpan { node: elig[j].node, blocks: r });
+                stages.push(StageSpan { node: m.nodes[elig[j]], blocks: r });
             }
             let complete = stages.len() == s;
             let brings_new = (0..load.len()).any(|j| load[j] == 0 && trial[j] > 0);
@@ -103,30 +122,31 @@ pub(crate) fn form_multi(partial: &[Partial], num_blocks: usize, allow_cover: bo
     if !out.is_empty() {
         return (out, false);
     }
-    if allow_cover {
-        out.extend(cover(partial, num_blocks));
+    if let Some(far) = far {
+        out.extend(cover(m, far));
     }
     (out, true)
 }
 
-/// Stages over `[0, num_blocks)` with the fewest stages any cover by `partial` has, then the
-/// shortest longest stage; `None` when the partial nodes together miss some block.
+/// `far[p]`: the furthest end of a run through `p` of a partial candidate (0: none holds `p`).
+pub(crate) fn far_of(m: &Moment) -> Vec<u32> {
+    let n = m.nodes.len();
+    (0..m.num_blocks).map(|p| (0..n).filter(|&c| m.partial(c)).map(|c| m.reach[p * n + c]).max().unwrap_or(0)).collect()
+}
+
+/// Stages over `[0, num_blocks)` with the fewest stages any cover by the partial candidates
+/// has, then the shortest longest stage; `None` when they together miss some block. `far`: see
+/// `far_of`.
 ///
-/// `far[p]`: the furthest end of a stage starting at `p` (the longest run through `p` of a
-/// node holding `p`). With stages at most `cap` blocks long, starting each stage where the
-/// last ended and making it as long as allowed gives the fewest stages (the usual argument:
-/// the greedy's i-th end is never behind any cover's). The fewest over all caps is the count
-/// at `cap = num_blocks`; a binary search finds the smallest cap with that count. Each stage
-/// goes to the node holding it with the fewest stages so far (ties: fewest blocks held, then
-/// candidate order) other than the previous stage's: one always exists, since a node that
-/// alone holds two adjacent stages would hold their union, a cover with one stage fewer.
-fn cover(partial: &[Partial], num_blocks: usize) -> Option<Vec<StageSpan>> {
-    let mut far = vec![0u32; num_blocks];
-    for p in partial {
-        for (f, &e) in far.iter_mut().zip(p.reach) {
-            *f = (*f).max(e);
-        }
-    }
+/// With stages at most `cap` blocks long, starting each stage where the last ended and making
+/// it as long as allowed gives the fewest stages (the usual argument: the greedy's i-th end is
+/// never behind any cover's). The fewest over all caps is the count at `cap = num_blocks`; a
+/// binary search finds the smallest cap with that count. Each stage goes to the partial
+/// candidate holding it with the fewest stages so far, then first in candidate order, other
+/// than the previous stage's: one always exists, since a node that alone holds two adjacent
+/// stages would hold their union, a cover with one stage fewer.
+fn cover(m: &Moment, far: &[u32]) -> Option<Vec<StageSpan>> {
+    let num_blocks = m.num_blocks;
     if far.iter().enumerate().any(|(p, &e)| e as usize <= p) {
         return None;
     }
@@ -150,17 +170,30 @@ fn cover(partial: &[Partial], num_blocks: usize) -> Option<Vec<StageSpan>> {
             lo = mid + 1;
         }
     }
-    let mut load = vec![0usize; partial.len()];
+    let n = m.nodes.len();
+    let mut load = vec![0usize; n]; // stages so far
     let mut stages: Vec<StageSpan> = Vec::with_capacity(fewest);
     let mut start = 0u32;
+    let mut prev: Option<usize> = None;
     for end in ends(lo) {
-        let r = start..end;
-        let prev = stages.last().map(|s| s.node);
-        let j = (0..partial.len())
-            .filter(|&j| Some(partial[j].node) != prev && partial[j].holds(&r))
-            .min_by_key(|&j| (load[j], partial[j].held, j))?;
-        load[j] += 1;
-        stages.push(StageSpan { node: partial[j].node, blocks: r });
+        let row = &m.reach[start as usize * n..(start as usize + 1) * n];
+        let mut best: Option<(usize, usize)> = None; // (stages, candidate)
+        for (c, &e) in row.iter().enumerate() {
+            if e < end || Some(c) == prev || !m.partial(c) {
+                continue;
+            }
+            let l = load[c];
+            if best.is_none_or(|b| l < b.0) {
+                best = Some((l, c));
+                if l == 0 {
+                    break;
+                }
+            }
+        }
+        let (_, c) = best?;
+        load[c] += 1;
+        stages.push(StageSpan { node: m.nodes[c], blocks: start..end });
+        prev = Some(c);
         start = end;
     }
     Some(stages)

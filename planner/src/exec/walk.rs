@@ -2,7 +2,7 @@
 //! date arrival by arrival, and pipelines are formed again only at the times the formation can
 //! change (see `walk`).
 
-use super::form::{add_block, form_multi, holds_a_shape_stage, shape_ranges, Partial};
+use super::form::{add_block, form_multi, holds_a_shape_stage, shape_ranges, Moment};
 use super::{ExecPipeline, StageSpan};
 use std::collections::HashMap;
 
@@ -19,6 +19,7 @@ use std::collections::HashMap;
 ///   whose arrivals change neither, the multi-stage pipelines are those of the time before,
 ///   so nothing opens or ends and no formation is needed.
 pub(crate) fn walk(rows: &[&[Option<f64>]], cands: &[u32], num_blocks: usize) -> Vec<ExecPipeline> {
+    let n = cands.len();
     let mut events: Vec<(f64, u32, u32)> = Vec::new();
     for (c, row) in rows.iter().enumerate() {
         for (b, a) in row.iter().enumerate() {
@@ -27,11 +28,14 @@ pub(crate) fn walk(rows: &[&[Option<f64>]], cands: &[u32], num_blocks: usize) ->
             }
         }
     }
-    events.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    events.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
     let ranges = shape_ranges(num_blocks);
-    let mut reach: Vec<Vec<u32>> = vec![vec![0; num_blocks]; cands.len()];
-    let mut held = vec![0usize; cands.len()];
-    let mut stamp = vec![usize::MAX; cands.len()];
+    let mut reach = vec![0u32; num_blocks * n];
+    // The furthest run end through each block over all candidates: `far_of` while no
+    // candidate is full (runs only grow), which is when the cover may be formed.
+    let mut far = vec![0u32; num_blocks];
+    let mut held = vec![0usize; n];
+    let mut stamp = vec![usize::MAX; n];
     let mut any_local = false;
     // Whether the last formation's greedy formed nothing (the cover may apply); true before
     // the first.
@@ -50,7 +54,10 @@ pub(crate) fn walk(rows: &[&[Option<f64>]], cands: &[u32], num_blocks: usize) ->
         while i < events.len() && events[i].0 == t {
             let (_, c, b) = events[i];
             let c = c as usize;
-            add_block(&mut reach[c], b as usize);
+            let run = add_block(&mut reach, n, c, b as usize);
+            for f in &mut far[run.clone()] {
+                *f = (*f).max(run.end as u32);
+            }
             held[c] += 1;
             if stamp[c] != group {
                 stamp[c] = group;
@@ -59,11 +66,12 @@ pub(crate) fn walk(rows: &[&[Option<f64>]], cands: &[u32], num_blocks: usize) ->
             i += 1;
         }
         group += 1;
+        let m = Moment { nodes: cands, held: &held, reach: &reach, num_blocks };
         let mut relevant = false;
         for &c in &changed {
             if held[c] == num_blocks {
                 new_full.push(c);
-            } else if holds_a_shape_stage(&reach[c], &ranges) {
+            } else if holds_a_shape_stage(&m, c, &ranges) {
                 relevant = true;
             }
         }
@@ -73,11 +81,7 @@ pub(crate) fn walk(rows: &[&[Option<f64>]], cands: &[u32], num_blocks: usize) ->
         }
         new_full.sort_unstable();
         any_local |= !new_full.is_empty();
-        let partial: Vec<Partial> = (0..cands.len())
-            .filter(|&c| held[c] > 0 && held[c] < num_blocks)
-            .map(|c| Partial { node: cands[c], held: held[c], reach: &reach[c] })
-            .collect();
-        let (formed, none_shaped) = form_multi(&partial, num_blocks, !any_local);
+        let (formed, none_shaped) = form_multi(&m, (!any_local).then_some(&far[..]));
         greedy_empty = none_shaped;
         let mut still: HashMap<Vec<StageSpan>, usize> = HashMap::with_capacity(formed.len());
         let mut fresh = Vec::new();
