@@ -8,6 +8,69 @@ use proptest::prelude::*;
 
 const K4: u64 = BLOCK_ALIGN_BYTES;
 
+fn holds(h: &[Vec<bool>], node: u32, blocks: std::ops::Range<u32>) -> bool {
+    h.get(node as usize).is_some_and(|row| blocks.clone().all(|b| row.get(b as usize).copied().unwrap_or(false)))
+}
+
+/// The straightforward greedy (`form_pipelines` before it kept runs and holder lists), with
+/// the library's cover where it forms nothing and no node holds the whole model.
+fn reference_form(holdings: &[Vec<bool>], nodes: &[u32], num_blocks: usize) -> Vec<ExecPipeline> {
+    let mut out = Vec::new();
+    if num_blocks == 0 || num_blocks > u32::MAX as usize {
+        return out;
+    }
+    let b = num_blocks as u32;
+    let mut cands: Vec<u32> = Vec::with_capacity(nodes.len());
+    for &n in nodes {
+        if !cands.contains(&n) {
+            cands.push(n);
+        }
+    }
+    let pipe = |stages: Vec<StageSpan>| ExecPipeline { stages, valid_from_s: 0.0, valid_until_s: None };
+    let mut partial: Vec<(u32, usize)> = Vec::new();
+    for &n in &cands {
+        if holds(holdings, n, 0..b) {
+            out.push(pipe(vec![StageSpan { node: n, blocks: 0..b }]));
+        } else {
+            let held = holdings.get(n as usize).map_or(0, |r| r.iter().take(num_blocks).filter(|&&x| x).count());
+            if held > 0 {
+                partial.push((n, held));
+            }
+        }
+    }
+    let locals = out.len();
+    let mut load = vec![0usize; partial.len()];
+    for s in exec::shapes(num_blocks) {
+        loop {
+            let mut trial = load.clone();
+            let mut stages = Vec::with_capacity(s);
+            for i in 0..s {
+                let r = exec::stage_range(i, s, num_blocks);
+                let prev = stages.last().map(|st: &StageSpan| st.node);
+                let best = (0..partial.len())
+                    .filter(|&j| Some(partial[j].0) != prev && holds(holdings, partial[j].0, r.clone()))
+                    .min_by_key(|&j| (trial[j], partial[j].1, j));
+                let Some(j) = best else { break };
+                trial[j] += 1;
+                stages.push(StageSpan { node: partial[j].0, blocks: r });
+            }
+            let complete = stages.len() == s;
+            let brings_new = (0..load.len()).any(|j| load[j] == 0 && trial[j] > 0);
+            let used = trial.iter().copied().filter(|&x| x > 0);
+            let (lo, hi) = used.fold((usize::MAX, 0), |(lo, hi), x| (lo.min(x), hi.max(x)));
+            if !(complete && brings_new && hi - lo <= 1) {
+                break;
+            }
+            load = trial;
+            out.push(pipe(stages));
+        }
+    }
+    if out.is_empty() && locals == 0 {
+        return form_pipelines(holdings, nodes, num_blocks);
+    }
+    out
+}
+
 /// The straightforward walk (what `exec_plan_from_arrivals` did before it went incremental).
 fn reference(arrival: &[Vec<Option<f64>>], receivers: &[u32], num_blocks: usize) -> Result<ExecPlan, String> {
     if num_blocks == 0 || num_blocks > u32::MAX as usize {
@@ -43,7 +106,7 @@ fn reference(arrival: &[Vec<Option<f64>>], receivers: &[u32], num_blocks: usize)
     for &t in &times {
         let held: Vec<Vec<bool>> =
             arrival.iter().map(|row| row.iter().map(|a| a.is_some_and(|a| a <= t)).collect()).collect();
-        let formed = form_pipelines(&held, &seen, num_blocks);
+        let formed = reference_form(&held, &seen, num_blocks);
         let mut still_open = Vec::new();
         for &i in &open {
             if formed.iter().any(|p| p.stages == pipelines[i].stages) {
@@ -72,8 +135,26 @@ fn same(arr: &[Vec<Option<f64>>], receivers: &[u32], b: usize) -> Result<(), Tes
     Ok(())
 }
 
+fn holdings_strategy() -> impl Strategy<Value = (usize, Vec<Vec<bool>>, Vec<u32>)> {
+    (1usize..40, 1usize..24, 0u8..4).prop_flat_map(|(b, n, mode)| {
+        let row = match mode {
+            0 => proptest::collection::vec(any::<bool>(), b).boxed(),
+            1 => (0..b, 0..=b).prop_map(move |(x, y)| (0..b).map(|i| i >= x.min(y) && i < x.max(y)).collect()).boxed(),
+            2 => (1usize..4, 0usize..4).prop_map(move |(k, g)| (0..b).map(|i| i % k == g % k).collect()).boxed(),
+            // Mostly held: many nodes hold many shape stages.
+            _ => proptest::collection::vec(proptest::bool::weighted(0.9), b).boxed(),
+        };
+        (Just(b), proptest::collection::vec(row, n), proptest::collection::vec(0u32..n as u32 + 1, 0..n + 3))
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn form_pipelines_gives_the_straightforward_greedy((b, h, nodes) in holdings_strategy()) {
+        prop_assert_eq!(form_pipelines(&h, &nodes, b), reference_form(&h, &nodes, b));
+    }
 
     #[test]
     fn random_arrivals_give_the_reference_plan(
