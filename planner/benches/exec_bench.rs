@@ -25,11 +25,17 @@ fn time<T>(mut f: impl FnMut() -> T) -> (Vec<f64>, T) {
 }
 
 fn main() {
+    // `cargo bench -p planner --bench exec_bench -- 70b-k2`: only the runs whose label contains it.
+    let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let (n, exec_blocks) = (1000usize, 64usize);
     for (name, bytes) in [("llama-2-7b", 13_500_000_000u64), ("llama-2-70b", 138_000_000_000)] {
         let layout = uniform_layout(name, bytes, exec_blocks, None).unwrap();
         let cluster = Cluster::uniform(n, 50e9, 10e9);
         for k in [8usize, 2] {
+            let label = format!("{}-k{k}", &name[8..]);
+            if only.as_ref().is_some_and(|o| !label.contains(o.as_str())) {
+                continue;
+            }
             let sources: Vec<u32> = (0..k as u32).collect();
             let receivers: Vec<u32> = (k as u32..n as u32).collect();
             let req = MulticastRequest { cluster: &cluster, layout: &layout, sources: &sources, receivers: &receivers };

@@ -84,6 +84,7 @@ pub(crate) fn form_multi(m: &Moment, far: Option<&[u32]>) -> (Vec<Vec<StageSpan>
     let n = m.nodes.len();
     // Only candidates holding some shape stage can carry one; candidate order (the last
     // tie-break) is kept. Range by range, the reach rows are read in order.
+    let shape_list = shapes(num_blocks);
     let mut any = vec![false; n];
     for r in &ranges {
         let row = &m.reach[r.start as usize * n..(r.start as usize + 1) * n];
@@ -92,32 +93,78 @@ pub(crate) fn form_multi(m: &Moment, far: Option<&[u32]>) -> (Vec<Vec<StageSpan>
         }
     }
     let elig: Vec<usize> = (0..n).filter(|&c| any[c] && m.partial(c)).collect();
+    // The greedy's order among equally loaded nodes: fewest blocks held, then candidate order.
+    let mut order: Vec<usize> = (0..elig.len()).collect();
+    order.sort_unstable_by_key(|&j| (m.held[elig[j]], j));
+    // For each shape stage (in `ranges` order), the eligible nodes holding it, in that order.
+    let holders: Vec<Vec<usize>> =
+        ranges.iter().map(|r| order.iter().copied().filter(|&j| m.holds(elig[j], r)).collect()).collect();
     let mut out = Vec::new();
     let mut load = vec![0usize; elig.len()];
-    for s in shapes(num_blocks) {
+    // Nodes used so far by load (index: load; index 0 unused).
+    let mut hist: Vec<usize> = vec![0];
+    let mut first_range = 0;
+    for s in shape_list {
+        // A stage no node holds: no pipeline of this shape.
+        if holders[first_range..first_range + s].iter().any(|h| h.is_empty()) {
+            first_range += s;
+            continue;
+        }
         loop {
-            let mut trial = load.clone();
+            // Stages this pipeline adds, per node: (node index, stages added).
+            let mut added: Vec<(usize, usize)> = Vec::with_capacity(s);
             let mut stages = Vec::with_capacity(s);
+            let mut prev: Option<usize> = None;
             for i in 0..s {
                 let r = stage_range(i, s, num_blocks);
-                let prev = stages.last().map(|st: &StageSpan| st.node);
-                let best = (0..elig.len())
-                    .filter(|&j| Some(m.nodes[elig[j]]) != prev && m.holds(elig[j], &r))
-                    .min_by_key(|&j| (trial[j], m.held[elig[j]], j));
-                let Some(j) = best else { break };
-                trial[j] += 1;
+                let trial = |j: usize| load[j] + added.iter().find(|x| x.0 == j).map_or(0, |x| x.1);
+                // In holder order the first node with no stage at all is the least loaded.
+                let mut best: Option<(usize, usize)> = None; // (load, index into order)
+                for (pos, &j) in holders[first_range + i].iter().enumerate() {
+                    if Some(j) == prev {
+                        continue;
+                    }
+                    let l = trial(j);
+                    if best.is_none_or(|b| l < b.0) {
+                        best = Some((l, pos));
+                        if l == 0 {
+                            break;
+                        }
+                    }
+                }
+                let Some((_, pos)) = best else { break };
+                let j = holders[first_range + i][pos];
+                match added.iter_mut().find(|x| x.0 == j) {
+                    Some(x) => x.1 += 1,
+                    None => added.push((j, 1)),
+                }
+                prev = Some(j);
                 stages.push(StageSpan { node: m.nodes[elig[j]], blocks: r });
             }
             let complete = stages.len() == s;
-            let brings_new = (0..load.len()).any(|j| load[j] == 0 && trial[j] > 0);
-            let used = trial.iter().copied().filter(|&x| x > 0);
-            let (lo, hi) = used.fold((usize::MAX, 0), |(lo, hi), x| (lo.min(x), hi.max(x)));
+            let brings_new = added.iter().any(|x| load[x.0] == 0);
+            let mut h = hist.clone();
+            for &(j, a) in &added {
+                if load[j] > 0 {
+                    h[load[j]] -= 1;
+                }
+                if h.len() <= load[j] + a {
+                    h.resize(load[j] + a + 1, 0);
+                }
+                h[load[j] + a] += 1;
+            }
+            let lo = h.iter().skip(1).position(|&x| x > 0).map_or(0, |p| p + 1);
+            let hi = h.iter().rposition(|&x| x > 0).unwrap_or(0);
             if !(complete && brings_new && hi - lo <= 1) {
                 break;
             }
-            load = trial;
+            for &(j, a) in &added {
+                load[j] += a;
+            }
+            hist = h;
             out.push(stages);
         }
+        first_range += s;
     }
     if !out.is_empty() {
         return (out, false);

@@ -28,7 +28,12 @@ pub(crate) fn walk(rows: &[&[Option<f64>]], cands: &[u32], num_blocks: usize) ->
             }
         }
     }
-    events.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    // By time only (the order within a time does not matter): `f64::total_cmp`'s order, as
+    // integers.
+    events.sort_unstable_by_key(|e| {
+        let bits = e.0.to_bits() as i64;
+        bits ^ ((((bits >> 63) as u64) >> 1) as i64)
+    });
     let ranges = shape_ranges(num_blocks);
     let mut reach = vec![0u32; num_blocks * n];
     // The furthest run end through each block over all candidates: `far_of` while no
