@@ -34,9 +34,10 @@
 //! node holding it with the fewest stages so far (ties: first in `nodes`; unlike the greedy,
 //! not by blocks held: one pipeline leaves no other to keep nodes for), other than the
 //! previous stage's node. It has at most `MAX_STAGES` stages whenever some cover of at most
-//! `MAX_STAGES` stages exists, and otherwise the fewest possible, more than `MAX_STAGES`: k-way multicasts hand out interleaved blocks (group `g`
-//! gets blocks `g, g + k, …` first), so when the new nodes first hold the model together no
-//! node may hold two consecutive blocks, and a `B`-stage pipeline is the only one there is.
+//! `MAX_STAGES` stages exists, and otherwise the fewest possible, more than `MAX_STAGES`:
+//! k-way multicasts hand out interleaved blocks (group `g` gets blocks `g, g + k, …` first),
+//! so when the new nodes first hold the model together no node may hold two consecutive
+//! blocks, and a `B`-stage pipeline is the only one there is (B = 16, k = 2: 16 stages).
 //! Serving over it beats serving over none; the shaped pipelines replace it as soon as they
 //! form, and local instances when a node completes.
 //!
