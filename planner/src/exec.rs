@@ -204,6 +204,11 @@ pub fn form_pipelines(holdings: &[Vec<bool>], nodes: &[u32], num_blocks: usize) 
     }
     let pipe = |stages: Vec<StageSpan>| ExecPipeline { stages, valid_from_s: 0.0, valid_until_s: None };
     let rows: Vec<&[bool]> = cands.iter().map(|&n| holdings.get(n as usize).map_or(&[][..], |r| &r[..])).collect();
+    // A block past every row is held by none: nothing forms (and the work below stays
+    // proportional to the input).
+    if rows.iter().all(|r| r.len() < num_blocks) {
+        return out;
+    }
     let (reach, held) = form::reach_of(&rows, num_blocks);
     let m = form::Moment { nodes: &cands, held: &held, reach: &reach, num_blocks };
     for (c, &n) in cands.iter().enumerate() {

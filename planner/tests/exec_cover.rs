@@ -89,6 +89,8 @@ fn a_split_no_shape_fits_gives_the_fewest_stage_cover() {
     assert!(form_pipelines(&h2, &[0, 1, 2], 16)[0].is_local());
     h2[1][5] = false;
     assert!(form_pipelines(&h2, &[0, 1], 16).is_empty());
+    // More blocks than any row: none holds the last one, nothing forms (and quickly).
+    assert!(form_pipelines(&h2, &[0, 1, 2], u32::MAX as usize).is_empty());
 }
 
 #[test]
