@@ -25,33 +25,63 @@
 //!    pipeline uses, and (c) afterwards the stage counts of the nodes used by multi-stage
 //!    pipelines still differ by at most 1. The first pipeline not kept ends shape `S`.
 //!
-//! # Guarantees (checked by `planner/tests/exec.rs`)
+//! # The cover (when nothing else forms)
+//! If step 1 gives no local instance and step 2 no pipeline, but the partial candidates
+//! together hold every block, one pipeline is formed from the fewest contiguous stages that
+//! cover `[0, B)`, each held whole by one node, stage boundaries free (so a stage may span
+//! several blocks, and stages may differ in length); among such covers, the one whose longest
+//! stage is shortest (then the one whose stages end furthest forward). Each stage goes to the
+//! node holding it with the fewest stages so far (ties: first in `nodes`; unlike the greedy,
+//! not by blocks held: one pipeline leaves no other to keep nodes for), other than the
+//! previous stage's node. It has at most `MAX_STAGES` stages whenever some cover of at most
+//! `MAX_STAGES` stages exists, and otherwise the fewest possible, more than `MAX_STAGES`:
+//! k-way multicasts hand out interleaved blocks (group `g` gets blocks `g, g + k, …` first),
+//! so when the new nodes first hold the model together no node may hold two consecutive
+//! blocks, and a `B`-stage pipeline is the only one there is (B = 16, k = 2: 16 stages).
+//! Serving over it beats serving over none; the shaped pipelines replace it as soon as they
+//! form, and local instances when a node completes.
+//!
+//! # Guarantees (checked by `planner/tests/exec.rs` and `planner/tests/exec_cover.rs`)
+//! - Whenever the candidates together hold every block, at least one pipeline is formed.
 //! - Every stage's node holds every block of the stage's range.
 //! - Adjacent stages of a pipeline are on different nodes.
-//! - Every pipeline's stages cover `[0, B)` contiguously, in order, with a shape above; a
-//!   1-stage pipeline is on a node holding the whole model, and each such node has exactly one.
-//! - Load balance: over the nodes used by multi-stage pipelines, the numbers of stages they
+//! - Every pipeline's stages cover `[0, B)` contiguously, in order; a shaped pipeline with a
+//!   shape above, the cover with the fewest stages possible; a 1-stage pipeline is on a node
+//!   holding the whole model, and each such node has exactly one.
+//! - Load balance: over the nodes used by shaped pipelines, the numbers of stages they
 //!   carry differ by at most 1; hence each carries at most ⌈total stages / nodes used⌉.
-//!   Local instances carry one stage each and are outside this count.
-//! - At most one multi-stage pipeline per partial node (each kept pipeline brings a new node).
-//! - Deterministic: the output depends only on the inputs (no hashing, no randomness).
+//!   Local instances carry one stage each and are outside this count; so is the cover, which
+//!   is balanced only as far as its choice of nodes allows.
+//! - At most one shaped pipeline per partial node (each kept pipeline brings a new node).
+//! - Deterministic: the output depends only on the inputs (no randomness; hashing only
+//!   to look pipelines up, never to order them).
 //!
 //! Not guaranteed: that the number of pipelines is the largest possible. The greedy can miss
 //! pipelines a search would find (a balance-breaking choice ends a shape early).
+//!
+//! # Speed
+//! `exec_plan_from_arrivals` keeps the holdings up to date arrival by arrival and forms
+//! pipelines again only at the times the formation can change (see `walk`); the result is
+//! that of forming with `form_pipelines` at every arrival time (`planner/tests/exec_walk.rs`
+//! compares the two). `cargo bench -p planner --bench exec_bench` times it at 1,000 nodes ×
+//! 64 execution blocks.
 
 use crate::eval::Evaluation;
 use crate::layout::ModelLayout;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
+mod form;
+mod walk;
+
 /// The version of `ExecPlan` this code writes and accepts.
 pub const EXEC_PLAN_VERSION: u32 = 1;
 
-/// The most stages a pipeline has.
+/// The most stages of a shaped pipeline (the cover has more only when it must).
 pub const MAX_STAGES: usize = 8;
 
 /// One stage: `node` runs execution blocks `blocks` (`[start, end)`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StageSpan {
     pub node: u32,
     pub blocks: Range<u32>,
@@ -154,11 +184,8 @@ pub fn stage_range(i: usize, s: usize, b: usize) -> Range<u32> {
     (i * b / s) as u32..((i + 1) * b / s) as u32
 }
 
-fn holds(h: &[Vec<bool>], node: u32, blocks: Range<u32>) -> bool {
-    h.get(node as usize).is_some_and(|row| blocks.clone().all(|b| row.get(b as usize).copied().unwrap_or(false)))
-}
-
-/// Pipelines at one moment (see the module documentation for the greedy and its guarantees).
+/// Pipelines at one moment (see the module documentation for the greedy, the cover and their
+/// guarantees).
 ///
 /// `holdings[node][exec_block]`: whether the node holds the block (missing rows or entries:
 /// not held); `nodes`: the candidates (a node listed twice counts once). The pipelines come
@@ -169,7 +196,6 @@ pub fn form_pipelines(holdings: &[Vec<bool>], nodes: &[u32], num_blocks: usize) 
     if num_blocks == 0 || num_blocks > u32::MAX as usize {
         return out;
     }
-    let b = num_blocks as u32;
     let mut cands: Vec<u32> = Vec::with_capacity(nodes.len());
     for &n in nodes {
         if !cands.contains(&n) {
@@ -177,43 +203,21 @@ pub fn form_pipelines(holdings: &[Vec<bool>], nodes: &[u32], num_blocks: usize) 
         }
     }
     let pipe = |stages: Vec<StageSpan>| ExecPipeline { stages, valid_from_s: 0.0, valid_until_s: None };
-    let mut partial: Vec<(u32, usize)> = Vec::new(); // (node, blocks held)
-    for &n in &cands {
-        if holds(holdings, n, 0..b) {
-            out.push(pipe(vec![StageSpan { node: n, blocks: 0..b }]));
-        } else {
-            let held = holdings.get(n as usize).map_or(0, |r| r.iter().take(num_blocks).filter(|&&x| x).count());
-            if held > 0 {
-                partial.push((n, held));
-            }
+    let rows: Vec<&[bool]> = cands.iter().map(|&n| holdings.get(n as usize).map_or(&[][..], |r| &r[..])).collect();
+    // A block past every row is held by none: nothing forms (and the work below stays
+    // proportional to the input).
+    if rows.iter().all(|r| r.len() < num_blocks) {
+        return out;
+    }
+    let (reach, held) = form::reach_of(&rows, num_blocks);
+    let m = form::Moment { nodes: &cands, held: &held, reach: &reach, num_blocks };
+    for (c, &n) in cands.iter().enumerate() {
+        if held[c] == num_blocks {
+            out.push(pipe(vec![StageSpan { node: n, blocks: 0..num_blocks as u32 }]));
         }
     }
-    let mut load = vec![0usize; partial.len()];
-    for s in shapes(num_blocks) {
-        loop {
-            let mut trial = load.clone();
-            let mut stages = Vec::with_capacity(s);
-            for i in 0..s {
-                let r = stage_range(i, s, num_blocks);
-                let prev = stages.last().map(|st: &StageSpan| st.node);
-                let best = (0..partial.len())
-                    .filter(|&j| Some(partial[j].0) != prev && holds(holdings, partial[j].0, r.clone()))
-                    .min_by_key(|&j| (trial[j], partial[j].1, j));
-                let Some(j) = best else { break };
-                trial[j] += 1;
-                stages.push(StageSpan { node: partial[j].0, blocks: r });
-            }
-            let complete = stages.len() == s;
-            let brings_new = (0..load.len()).any(|j| load[j] == 0 && trial[j] > 0);
-            let used = trial.iter().copied().filter(|&x| x > 0);
-            let (lo, hi) = used.fold((usize::MAX, 0), |(lo, hi), x| (lo.min(x), hi.max(x)));
-            if !(complete && brings_new && hi - lo <= 1) {
-                break;
-            }
-            load = trial;
-            out.push(pipe(stages));
-        }
-    }
+    let far = out.is_empty().then(|| form::far_of(&m));
+    out.extend(form::form_multi(&m, far.as_deref()).0.into_iter().map(pipe));
     out
 }
 
@@ -266,55 +270,28 @@ pub fn exec_plan_from_arrivals(
     if num_blocks == 0 || num_blocks > u32::MAX as usize {
         return Err(format!("{num_blocks} execution blocks; need at least 1"));
     }
-    let mut times: Vec<f64> = Vec::new();
     let mut handoffs = Vec::new();
     let mut seen: Vec<u32> = Vec::new();
+    let mut rows: Vec<&[Option<f64>]> = Vec::new();
+    let mut is_seen = vec![false; arrival.len()];
     for &r in receivers {
-        if seen.contains(&r) {
+        let row = arrival.get(r as usize).ok_or_else(|| format!("receiver {r} has no arrival times"))?;
+        if std::mem::replace(&mut is_seen[r as usize], true) {
             continue;
         }
         seen.push(r);
-        let row = arrival.get(r as usize).ok_or_else(|| format!("receiver {r} has no arrival times"))?;
         if row.len() != num_blocks {
             return Err(format!("receiver {r}: {} arrival times for {num_blocks} blocks", row.len()));
         }
-        for a in row.iter().flatten() {
-            if !a.is_finite() {
-                return Err(format!("receiver {r}: arrival time {a} is not finite"));
-            }
-            times.push(*a);
+        if let Some(a) = row.iter().flatten().find(|a| !a.is_finite()) {
+            return Err(format!("receiver {r}: arrival time {a} is not finite"));
         }
+        rows.push(row);
         if let Some(done) = row.iter().try_fold(f64::NEG_INFINITY, |m, a| a.map(|a| m.max(a))) {
             handoffs.push(Handoff { node: r, at_s: done });
         }
     }
-    times.sort_by(f64::total_cmp);
-    times.dedup();
     handoffs.sort_by(|a, b| a.at_s.total_cmp(&b.at_s).then(a.node.cmp(&b.node)));
-
-    let mut pipelines: Vec<ExecPipeline> = Vec::new();
-    let mut open: Vec<usize> = Vec::new(); // indices into `pipelines` without an end
-    for &t in &times {
-        let held: Vec<Vec<bool>> =
-            arrival.iter().map(|row| row.iter().map(|a| a.is_some_and(|a| a <= t)).collect()).collect();
-        let formed = form_pipelines(&held, &seen, num_blocks);
-        let mut still_open = Vec::new();
-        for &i in &open {
-            if formed.iter().any(|p| p.stages == pipelines[i].stages) {
-                still_open.push(i);
-            } else {
-                pipelines[i].valid_until_s = Some(t);
-            }
-        }
-        for mut p in formed {
-            if still_open.iter().any(|&i| pipelines[i].stages == p.stages) {
-                continue;
-            }
-            p.valid_from_s = t;
-            still_open.push(pipelines.len());
-            pipelines.push(p);
-        }
-        open = still_open;
-    }
+    let pipelines = walk::walk(&rows, &seen, num_blocks);
     Ok(ExecPlan { version: EXEC_PLAN_VERSION, num_blocks: num_blocks as u32, pipelines, handoffs })
 }

@@ -11,6 +11,29 @@ fn holds(h: &[Vec<bool>], node: u32, r: &std::ops::Range<u32>) -> bool {
     r.clone().all(|b| h.get(node as usize).and_then(|row| row.get(b as usize)).copied().unwrap_or(false))
 }
 
+/// The fewest contiguous stages, each held whole by one of `nodes`, that cover `[0, b)`
+/// (`None`: the nodes together miss a block), by dynamic programming.
+pub fn fewest_stages(h: &[Vec<bool>], nodes: &[u32], b: usize) -> Option<usize> {
+    let mut best: Vec<Option<usize>> = vec![None; b + 1];
+    best[0] = Some(0);
+    for q in 1..=b {
+        best[q] = (0..q)
+            .filter(|&p| nodes.iter().any(|&n| holds(h, n, &(p as u32..q as u32))))
+            .filter_map(|p| best[p].map(|c| c + 1))
+            .min();
+    }
+    best[b]
+}
+
+/// Whether `ps` may be the cover: the only pipeline, multi-stage, no local instance, with the
+/// fewest stages possible.
+fn is_cover(h: &[Vec<bool>], nodes: &[u32], b: usize, ps: &[ExecPipeline]) -> bool {
+    ps.len() == 1
+        && ps[0].stages.len() > 1
+        && !nodes.iter().any(|&n| holds(h, n, &(0..b as u32)))
+        && fewest_stages(h, nodes, b) == Some(ps[0].stages.len())
+}
+
 /// Every guarantee of `form_pipelines` the module documents, for one moment.
 fn check_moment(h: &[Vec<bool>], nodes: &[u32], b: usize, ps: &[ExecPipeline]) {
     let allowed = shapes(b);
@@ -26,6 +49,10 @@ fn check_moment(h: &[Vec<bool>], nodes: &[u32], b: usize, ps: &[ExecPipeline]) {
         }
         if p.stages.len() == 1 {
             locals.push(p.stages[0].node);
+        } else if is_cover(h, nodes, b, ps) {
+            // The fewest-stage cover: checked by `exec_cover.rs`; here only its stages' holdings
+            // (above) and that adjacent stages are on different nodes.
+            assert!(p.stages.windows(2).all(|w| w[0].node != w[1].node), "adjacent stages on one node: {p:?}");
         } else {
             let n = p.stages.len();
             assert!(allowed.contains(&n), "{n} stages; shapes {allowed:?}");
@@ -54,7 +81,7 @@ fn check_moment(h: &[Vec<bool>], nodes: &[u32], b: usize, ps: &[ExecPipeline]) {
     }
     // Preference: if a shape-S pipeline exists whose stages all use one node each from an
     // otherwise unused set, the greedy forms at least one multi-stage pipeline.
-    if load.is_empty() {
+    if !ps.iter().any(|p| p.stages.len() > 1) {
         for &s in &allowed {
             let some_node_per_stage = (0..s).all(|i| {
                 let r = exec::stage_range(i, s, b);
