@@ -262,8 +262,10 @@ impl Testbed {
     }
 
     /// A command that runs `program` inside node `index`: `ip netns exec <ns> program` in netns mode, plain
-    /// `program` in loopback mode. Add arguments, environment and stdio to it as to any `Command`. Processes still
-    /// running inside a namespace when the test bed is closed are killed.
+    /// `program` in loopback mode. Add arguments, environment and stdio to it as to any `Command`. With a CPU quota
+    /// the process joins node `index`'s cgroup between fork and exec (a `pre_exec` hook; a failed join makes
+    /// `spawn` fail). Processes still running inside a namespace or a node's cgroup when
+    /// the test bed is closed are killed.
     ///
     /// `program` is resolved inside the namespace by `ip netns exec` (through PATH); pass an absolute path (e.g.
     /// `std::env::current_exe()`) for a specific binary, never `/proc/self/exe`, which would name `ip` itself.
