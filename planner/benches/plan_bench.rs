@@ -34,7 +34,7 @@ fn write_only(p: &MulticastPlan, sources: &[u32]) -> (Vec<Transfer>, Holdings, V
     let mut transfers = Vec::with_capacity(total);
     for id in 0..total as u32 {
         let to = id % p.num_nodes as u32;
-        transfers.push(Transfer { id, block: id, from: Endpoint::Node(to), to, after: Some(id), tick: id });
+        transfers.push(Transfer { id, block: id, from: TransferSource::Node(to), to, after: Some(id), tick: id });
     }
     let holdings = Holdings::with_sources(p.num_nodes, p.num_blocks(), sources);
     let nodes = p

@@ -4,7 +4,7 @@
 
 use crate::cluster::Cluster;
 use crate::eval::Evaluation;
-use crate::multicast::{Endpoint, MulticastPlan};
+use crate::multicast::{MulticastPlan, TransferSource};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Every violation found (empty: the plan is sound).
@@ -30,7 +30,7 @@ pub fn check(plan: &MulticastPlan, cluster: &Cluster, ev: &Evaluation, latency_s
             bad.push(format!("transfer {i}: block {} or node {} out of range", t.block, t.to));
             continue;
         }
-        if let Endpoint::Node(s) = t.from {
+        if let TransferSource::Node(s) = t.from {
             if s == t.to {
                 bad.push(format!("transfer {i}: node {s} sends to itself"));
             }
@@ -61,7 +61,7 @@ pub fn check(plan: &MulticastPlan, cluster: &Cluster, ev: &Evaluation, latency_s
     let mut sends: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     let mut recvs: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for t in &plan.transfers {
-        if let Endpoint::Node(s) = t.from {
+        if let TransferSource::Node(s) = t.from {
             sends.entry(s).or_default().push(t.id);
         }
         recvs.entry(t.to).or_default().push(t.id);
@@ -91,15 +91,15 @@ pub fn check(plan: &MulticastPlan, cluster: &Cluster, ev: &Evaluation, latency_s
             None => continue,
         };
         let max_rate = match t.from {
-            Endpoint::Node(s) => cluster.nodes.get(s as usize).map_or(0.0, |n| n.nic_bps.min(rx.nic_bps)),
-            Endpoint::Host => rx.pcie_bps,
-            Endpoint::Ssd => rx.ssd_bps.min(rx.pcie_bps),
-            Endpoint::Remote => cluster.remote_store_bps.min(rx.nic_bps),
+            TransferSource::Node(s) => cluster.nodes.get(s as usize).map_or(0.0, |n| n.nic_bps.min(rx.nic_bps)),
+            TransferSource::Host => rx.pcie_bps,
+            TransferSource::Ssd => rx.ssd_bps.min(rx.pcie_bps),
+            TransferSource::Remote => cluster.remote_store_bps.min(rx.nic_bps),
         };
         if end - start < latency_s + bytes / max_rate - EPS * (1.0 + end) {
             bad.push(format!("transfer {}: {:.9} s is faster than the link allows", t.id, end - start));
         }
-        if let Endpoint::Node(s) = t.from {
+        if let TransferSource::Node(s) = t.from {
             let ready = if plan.initial.holds(s as usize, t.block as usize) {
                 0.0
             } else {
@@ -110,7 +110,7 @@ pub fn check(plan: &MulticastPlan, cluster: &Cluster, ev: &Evaluation, latency_s
             }
             nic_out.entry(s).or_default().push((start, end));
         }
-        if matches!(t.from, Endpoint::Node(_) | Endpoint::Remote) {
+        if matches!(t.from, TransferSource::Node(_) | TransferSource::Remote) {
             nic_in.entry(t.to).or_default().push((start, end));
         }
         block_at.insert((t.to, t.block), end);
@@ -223,7 +223,7 @@ pub fn check_bytes(data: &[u8]) -> Result<(), String> {
             }
             if q.transfers
                 .iter()
-                .any(|t| dead.contains(&t.to) || matches!(t.from, crate::Endpoint::Node(x) if dead.contains(&x)))
+                .any(|t| dead.contains(&t.to) || matches!(t.from, crate::TransferSource::Node(x) if dead.contains(&x)))
             {
                 return Err("replan uses a dead node".into());
             }

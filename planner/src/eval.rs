@@ -11,7 +11,7 @@
 //! store-and-forward (`evaluate`) or cut-through in pieces (`evaluate_with`).
 
 use crate::cluster::Cluster;
-use crate::multicast::{Endpoint, Forwarding, MulticastPlan};
+use crate::multicast::{Forwarding, MulticastPlan, TransferSource};
 use serde::{Deserialize, Serialize};
 
 /// Default per-transfer latency (seconds).
@@ -133,7 +133,7 @@ pub fn evaluate_busy(
         let rx = &cluster.nodes[to];
         let mut landed_first = None;
         let (start, end) = match t.from {
-            Endpoint::Node(s) => {
+            TransferSource::Node(s) => {
                 let s = s as usize;
                 if s >= n {
                     return Err(format!("transfer {} sends from node {s}, which does not exist", t.id));
@@ -157,8 +157,8 @@ pub fn evaluate_busy(
                 recv_free[to] = end;
                 (start, end)
             }
-            Endpoint::Host | Endpoint::Ssd => {
-                let rate = if t.from == Endpoint::Host { rx.pcie_bps } else { rx.ssd_bps.min(rx.pcie_bps) };
+            TransferSource::Host | TransferSource::Ssd => {
+                let rate = if t.from == TransferSource::Host { rx.pcie_bps } else { rx.ssd_bps.min(rx.pcie_bps) };
                 if rate <= 0.0 {
                     return Err(format!("transfer {}: node {to} has no path for a local load", t.id));
                 }
@@ -168,7 +168,7 @@ pub fn evaluate_busy(
                 local_free[to] = end;
                 (start, end)
             }
-            Endpoint::Remote => {
+            TransferSource::Remote => {
                 let rate = cluster.remote_store_bps.min(rx.nic_bps);
                 if rate <= 0.0 {
                     return Err(format!("transfer {}: the remote store has rate 0", t.id));
@@ -252,11 +252,11 @@ pub fn first_copy_lower_bound_s(plan: &MulticastPlan, cluster: &Cluster, latency
             return Err(format!("transfer {} names node {to} out of range", t.id));
         }
         match t.from {
-            Endpoint::Node(s) if (s as usize) < n && !is_rx[s as usize] => sender[s as usize] = true,
-            Endpoint::Node(_) => {}
-            Endpoint::Host => host[to] = true,
-            Endpoint::Ssd => ssd[to] = true,
-            Endpoint::Remote => remote = true,
+            TransferSource::Node(s) if (s as usize) < n && !is_rx[s as usize] => sender[s as usize] = true,
+            TransferSource::Node(_) => {}
+            TransferSource::Host => host[to] = true,
+            TransferSource::Ssd => ssd[to] = true,
+            TransferSource::Remote => remote = true,
         }
     }
     let up: f64 = (0..n).filter(|&x| sender[x]).map(|x| cluster.nodes[x].nic_bps).sum();

@@ -33,8 +33,8 @@ pub use layout::{
     default_chunk_bytes, ExecBlock, LayoutError, ModelLayout, TransferBlock, BLOCK_ALIGN_BYTES, MODEL_LAYOUT_VERSION,
 };
 pub use multicast::{
-    faascale_shapes, group_times, plan, plan_with, Algo, Endpoint, Forwarding, GroupShape, GroupTimes, MulticastPlan,
-    MulticastRequest, NodeSchedule, PlanError, PlanOptions, Transfer, NCCL_CHUNK_BYTES, NCCL_STEPS,
+    faascale_shapes, group_times, plan, plan_with, Algo, Forwarding, GroupShape, GroupTimes, MulticastPlan,
+    MulticastRequest, NodeSchedule, PlanError, PlanOptions, Transfer, TransferSource, NCCL_CHUNK_BYTES, NCCL_STEPS,
 };
 
 /// A model of `model_bytes` in `exec_blocks` equal execution blocks (one layer each), cut

@@ -62,7 +62,7 @@ pub const NCCL_STEPS: u32 = 8;
 
 /// Where a transfer's bytes come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Endpoint {
+pub enum TransferSource {
     /// Another node, over the network (its NIC sends, the receiver's NIC receives).
     Node(u32),
     /// The receiver's own host memory, over PCIe.
@@ -80,7 +80,7 @@ pub struct Transfer {
     pub id: u32,
     /// Transfer block id.
     pub block: u32,
-    pub from: Endpoint,
+    pub from: TransferSource,
     pub to: u32,
     /// The transfer that brings `block` to `from` (None: `from` holds it when the epoch starts,
     /// or `from` is not a node).
@@ -359,11 +359,11 @@ pub fn plan_with(algo: Algo, req: &MulticastRequest, opts: &PlanOptions) -> Resu
                         .unwrap_or(Tier::Remote);
                     let node = &req.cluster.nodes[r as usize];
                     let from = match tier {
-                        Tier::Gpu | Tier::Host if node.pcie_bps > 0.0 => Endpoint::Host,
-                        Tier::Ssd if node.ssd_bps > 0.0 && node.pcie_bps > 0.0 => Endpoint::Ssd,
-                        _ => Endpoint::Remote,
+                        Tier::Gpu | Tier::Host if node.pcie_bps > 0.0 => TransferSource::Host,
+                        Tier::Ssd if node.ssd_bps > 0.0 && node.pcie_bps > 0.0 => TransferSource::Ssd,
+                        _ => TransferSource::Remote,
                     };
-                    if from == Endpoint::Remote && req.cluster.remote_store_bps <= 0.0 {
+                    if from == TransferSource::Remote && req.cluster.remote_store_bps <= 0.0 {
                         return invalid(format!("node {r} must load from the remote store, whose rate is 0"));
                     }
                     sink.push(pos as u32, from, r, t.id);
@@ -634,7 +634,7 @@ impl Binomial {
             if count[r] == b {
                 self.done += 1;
             }
-            sink.push(t as u32, Endpoint::Node(self.group[s]), self.group[r], self.order[pos]);
+            sink.push(t as u32, TransferSource::Node(self.group[s]), self.group[r], self.order[pos]);
         }
         Ok(())
     }
@@ -651,7 +651,7 @@ impl Chain {
         let (n, b) = (self.group.len(), self.order.len());
         // members i < n − 1 with 0 ≤ t − i < b
         for i in (t + 1).saturating_sub(b)..(n - 1).min(t + 1) {
-            sink.push(t as u32, Endpoint::Node(self.group[i]), self.group[i + 1], self.order[t - i]);
+            sink.push(t as u32, TransferSource::Node(self.group[i]), self.group[i + 1], self.order[t - i]);
         }
     }
 }
@@ -694,7 +694,7 @@ impl Tree {
                 }
                 for c in [2 * i + 1, 2 * i + 2] {
                     if c < n {
-                        sink.push(t as u32, Endpoint::Node(self.group[i]), self.group[c], self.order[j]);
+                        sink.push(t as u32, TransferSource::Node(self.group[i]), self.group[c], self.order[j]);
                     }
                 }
             }
@@ -723,10 +723,10 @@ impl Sink {
     }
 
     #[inline(always)]
-    fn push(&mut self, tick: u32, from: Endpoint, to: u32, block: u32) {
+    fn push(&mut self, tick: u32, from: TransferSource, to: u32, block: u32) {
         let id = self.transfers.len() as u32;
         let after = match from {
-            Endpoint::Node(s) => {
+            TransferSource::Node(s) => {
                 self.sends[s as usize] += 1;
                 self.via[s as usize * self.nb + block as usize].checked_sub(1)
             }
@@ -756,7 +756,7 @@ impl Sink {
             })
             .collect();
         for t in &self.transfers {
-            if let Endpoint::Node(s) = t.from {
+            if let TransferSource::Node(s) = t.from {
                 nodes[s as usize].sends.push(t.id);
             }
             nodes[t.to as usize].recvs.push(t.id);
@@ -865,7 +865,7 @@ impl MulticastPlan {
                     missing[ri].remove(mi);
                     busy[h as usize] = round;
                     sent[h as usize] += 1;
-                    sink.push(round, Endpoint::Node(h), r, b);
+                    sink.push(round, TransferSource::Node(h), r, b);
                     newly.push((r, b));
                 }
             }

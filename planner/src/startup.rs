@@ -28,7 +28,7 @@ use crate::cluster::{Cluster, ModelPlacement, Tier};
 use crate::eval::evaluate_busy;
 use crate::exec::{exec_arrivals, exec_plan_from_arrivals, ExecPlan};
 use crate::layout::ModelLayout;
-use crate::multicast::{plan, Algo, Endpoint, Forwarding, MulticastRequest, NCCL_CHUNK_BYTES, NCCL_STEPS};
+use crate::multicast::{plan, Algo, Forwarding, MulticastRequest, TransferSource, NCCL_CHUNK_BYTES, NCCL_STEPS};
 
 /// What to start.
 #[derive(Clone, Debug)]
@@ -189,12 +189,12 @@ pub fn plan_start(req: &StartRequest) -> Result<StartPlan, String> {
             let ev = evaluate_busy(&mc, &sub, req.latency_s, Forwarding::StoreAndForward, Some(&busy))?;
             for (t, &(_, end)) in mc.transfers.iter().zip(&ev.transfer_times) {
                 match t.from {
-                    Endpoint::Node(x) => {
+                    TransferSource::Node(x) => {
                         up[x as usize] = up[x as usize].max(end);
                         down[t.to as usize] = down[t.to as usize].max(end);
                     }
-                    Endpoint::Remote => down[t.to as usize] = down[t.to as usize].max(end),
-                    Endpoint::Host | Endpoint::Ssd => {}
+                    TransferSource::Remote => down[t.to as usize] = down[t.to as usize].max(end),
+                    TransferSource::Host | TransferSource::Ssd => {}
                 }
             }
             let exec_arr = exec_arrivals(&ev, req.layout)?;

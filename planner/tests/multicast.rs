@@ -56,7 +56,7 @@ fn faascale_groups_get_rotated_block_groups_first() {
     let ev = assert_sound(&p, &c);
     for (g, src) in s.iter().enumerate() {
         let first: Vec<u32> =
-            p.transfers.iter().filter(|t| t.from == Endpoint::Node(*src)).map(|t| t.block).take(4).collect();
+            p.transfers.iter().filter(|t| t.from == TransferSource::Node(*src)).map(|t| t.block).take(4).collect();
         // Block-groups are keyed by execution block: a group gets whole execution blocks first.
         let exec: Vec<u32> = first.iter().map(|&b| l.transfer_blocks[b as usize].exec_block).collect();
         assert!(
@@ -115,9 +115,9 @@ fn serverlessllm_uses_each_nodes_best_tier() {
     });
     let p = build(Algo::Serverlessllm, &c, &l, &s, &r);
     let from_of = |n: u32| p.transfers.iter().find(|t| t.to == n).unwrap().from;
-    assert_eq!(from_of(1), Endpoint::Host);
-    assert_eq!(from_of(2), Endpoint::Ssd);
-    assert_eq!(from_of(3), Endpoint::Remote);
+    assert_eq!(from_of(1), TransferSource::Host);
+    assert_eq!(from_of(2), TransferSource::Ssd);
+    assert_eq!(from_of(3), TransferSource::Remote);
     assert_sound(&p, &c);
 }
 
@@ -170,7 +170,7 @@ proptest! {
             Ok(q) => {
                 prop_assert_eq!(q.epoch, 1);
                 let dead_free = q.transfers.iter().all(|t| {
-                    !dead.contains(&t.to) && !matches!(t.from, Endpoint::Node(x) if dead.contains(&x))
+                    !dead.contains(&t.to) && !matches!(t.from, TransferSource::Node(x) if dead.contains(&x))
                 });
                 prop_assert!(dead_free);
                 prop_assert!(q.receivers.iter().all(|x| !dead.contains(x)));

@@ -199,7 +199,7 @@ pub fn validate_plan(p: &MulticastPlan, layout: &ModelLayout) -> std::result::Re
     }
     for (i, t) in p.transfers.iter().enumerate() {
         let from_ok = match t.from {
-            planner::Endpoint::Node(x) => (x as usize) < n && x != t.to,
+            planner::TransferSource::Node(x) => (x as usize) < n && x != t.to,
             _ => false,
         };
         if t.id as usize != i || t.block as usize >= nb || t.to as usize >= n || !from_ok {

@@ -42,7 +42,7 @@ use crate::region::{Access, Claim, Region};
 use crate::tcp::{ConnReader, ConnWriter, Incoming, Listener};
 use crate::wire::WriteDesc;
 use crossbeam::channel::{bounded, Receiver, Sender};
-use planner::{Endpoint, ModelLayout, MulticastPlan};
+use planner::{ModelLayout, MulticastPlan, TransferSource};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -150,7 +150,7 @@ fn a_write_the_plan_does_not_allow_is_refused_and_lands_nowhere() {
 fn transfer(plan: &planner::MulticastPlan, block: u32, from: u32, to: u32) -> u64 {
     plan.transfers
         .iter()
-        .find(|t| t.block == block && t.from == planner::Endpoint::Node(from) && t.to == to)
+        .find(|t| t.block == block && t.from == planner::TransferSource::Node(from) && t.to == to)
         .unwrap_or_else(|| panic!("no transfer of block {block} from {from} to {to}"))
         .id as u64
 }

@@ -2,7 +2,7 @@
 //! them to skip (`Skip`: the block is held already), in receive-list order, one at a time over
 //! TCP (two over verbs), the next one early when the current one is almost here.
 
-use super::{tag_of, verbs_path, ConnWriter, Control, Endpoint, Shared, State};
+use super::{tag_of, verbs_path, ConnWriter, Control, Shared, State, TransferSource};
 use planner::{MulticastPlan, Transfer};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -52,7 +52,7 @@ impl GrantState {
         // yet told, gets `Skip`, so its send list does not wait on us) or its sender is dead.
         let skip = |granted: &mut HashSet<u64>, i: usize, msgs: &mut Vec<(u32, Control)>| {
             let t = &plan.transfers[recvs[i] as usize];
-            let Endpoint::Node(from) = t.from else { return true };
+            let TransferSource::Node(from) = t.from else { return true };
             if dead.get(from as usize).copied().unwrap_or(true) {
                 return true;
             }
@@ -83,7 +83,7 @@ impl GrantState {
             }
             let t = plan.transfers[recvs[j] as usize];
             let tag = tag_of(epoch, t.id);
-            let Endpoint::Node(from) = t.from else { break };
+            let TransferSource::Node(from) = t.from else { break };
             if !self.granted.contains(&tag) {
                 if !claim(from, &t, tag) {
                     break;

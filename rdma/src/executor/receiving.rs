@@ -4,8 +4,8 @@
 
 use super::slots::SlotState;
 use super::{
-    spawn, split_tag, verbs_path, ConnReader, ConnWriter, Control, Endpoint, Error, Incoming, Listener, Result, Shared,
-    WriteDesc, EARLY_GRANT_BYTES, FORWARD_MIN_BYTES, MAX_REFETCHES, MAX_VOIDS, MODEL_REGION,
+    spawn, split_tag, verbs_path, ConnReader, ConnWriter, Control, Error, Incoming, Listener, Result, Shared,
+    TransferSource, WriteDesc, EARLY_GRANT_BYTES, FORWARD_MIN_BYTES, MAX_REFETCHES, MAX_VOIDS, MODEL_REGION,
 };
 use crate::tcp;
 use std::collections::{HashMap, HashSet};
@@ -177,7 +177,7 @@ fn on_write(sh: &Arc<Shared>, peer: u32, d: WriteDesc, r: &mut ConnReader, w: &C
     let plan = sh.plan(epoch)?;
     let bad = |reason: String| Error::Protocol { peer: format!("node {peer}"), reason };
     let t = plan.transfers.get(id as usize).ok_or_else(|| bad(format!("epoch {epoch} has no transfer {id}")))?;
-    if t.to != sh.me || t.from != Endpoint::Node(peer) {
+    if t.to != sh.me || t.from != TransferSource::Node(peer) {
         return Err(bad(format!("transfer {id} of epoch {epoch} is not node {peer}'s to send to node {}", sh.me)));
     }
     let tb = sh.layout.transfer_blocks[t.block as usize];

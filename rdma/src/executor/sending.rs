@@ -5,9 +5,9 @@
 
 use super::slots::SlotState;
 use super::{
-    spawn, split_tag, tag_of, verbs_path, ConnReader, ConnWriter, Control, Endpoint, Error, Incoming, Result, Shared,
-    State, WriteDesc, DATA_SEND_BUFFER_BYTES, FORWARD_MAX_BYTES, FORWARD_MIN_BYTES, FORWARD_POLL_MS, MAX_CREDITS,
-    MODEL_REGION, ZEROS,
+    spawn, split_tag, tag_of, verbs_path, ConnReader, ConnWriter, Control, Error, Incoming, Result, Shared, State,
+    TransferSource, WriteDesc, DATA_SEND_BUFFER_BYTES, FORWARD_MAX_BYTES, FORWARD_MIN_BYTES, FORWARD_POLL_MS,
+    MAX_CREDITS, MODEL_REGION, ZEROS,
 };
 use crate::tcp;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -123,7 +123,7 @@ pub(super) fn send_loop(sh: &Arc<Shared>) {
 fn retransmit_ready(sh: &Shared, st: &State, tag: u64) -> bool {
     let (epoch, id) = split_tag(tag);
     match st.plans.get(epoch as usize).and_then(|p| p.transfers.get(id as usize)) {
-        Some(t) => t.from != Endpoint::Node(sh.me) || sh.is_held(t.block),
+        Some(t) => t.from != TransferSource::Node(sh.me) || sh.is_held(t.block),
         None => true,
     }
 }
@@ -147,7 +147,7 @@ fn send_one(sh: &Arc<Shared>, tag: u64, retransmit: bool) {
     let (epoch, id) = split_tag(tag);
     let Some(plan) = sh.lock().plans.get(epoch as usize).cloned() else { return };
     let Some(t) = plan.transfers.get(id as usize) else { return };
-    if t.from != Endpoint::Node(sh.me) {
+    if t.from != TransferSource::Node(sh.me) {
         log::warn!("node {}: asked to send {tag:#x}, which is not ours to send", sh.me);
         return;
     }

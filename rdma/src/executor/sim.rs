@@ -18,7 +18,7 @@ use super::grants::GrantState;
 use super::receiving::{FailedCopy, RecvState};
 use super::slots::{Slot, SlotState};
 use super::{split_tag, tag_of, Control, MAX_REFETCHES, MAX_VOIDS};
-use planner::{Algo, Cluster, Endpoint, Holdings, MulticastPlan, MulticastRequest};
+use planner::{Algo, Cluster, Holdings, MulticastPlan, MulticastRequest, TransferSource};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 
@@ -320,7 +320,10 @@ impl World {
         let (epoch, id) = split_tag(tag);
         if i == 0 {
             let t = self.plans[epoch as usize].transfers[id as usize];
-            ensure!(t.to == me && t.from == Endpoint::Node(from), "write {tag:#x} is not {from}'s to send to {me}");
+            ensure!(
+                t.to == me && t.from == TransferSource::Node(from),
+                "write {tag:#x} is not {from}'s to send to {me}"
+            );
             ensure!(!self.nodes[me as usize].landing.contains_key(&from), "two writes at once on one connection");
             let slot = &self.nodes[me as usize].slots[t.block as usize];
             let claimed = slot.transition(SlotState::Missing, SlotState::Landing);
@@ -481,7 +484,7 @@ impl World {
             let (e, id) = split_tag(tag);
             match self.plans.get(e as usize).and_then(|p| p.transfers.get(id as usize)) {
                 Some(t) => {
-                    t.from != Endpoint::Node(me)
+                    t.from != TransferSource::Node(me)
                         || node.slots[t.block as usize].state(Ordering::SeqCst) == SlotState::Held
                 }
                 None => true,
@@ -512,7 +515,7 @@ impl World {
         let Some(t) = self.plans.get(e as usize).and_then(|p| p.transfers.get(id as usize)).copied() else {
             return true;
         };
-        if t.from != Endpoint::Node(me) || self.dead[t.to as usize] {
+        if t.from != TransferSource::Node(me) || self.dead[t.to as usize] {
             return true;
         }
         let state = self.nodes[me as usize].slots[t.block as usize].state(Ordering::SeqCst);

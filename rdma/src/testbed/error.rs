@@ -1,6 +1,7 @@
 //! The test bed's error type: one variant per way a call can fail, carrying what names the failure.
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// Why building, using or removing a [`Testbed`](super::Testbed) failed.
 #[derive(Debug)]
@@ -23,6 +24,19 @@ pub enum TestbedError {
     Timeout { command: String, timeout_ms: u64 },
     /// Waiting for a helper program or reading its output failed.
     Wait { command: String, errno: Option<i32>, message: String },
+    /// A per-worker CPU quota that is not a finite number of cores in `min_cores..=max_cores` (`max_cores`: the
+    /// CPUs this process may use; `min_cores`: the kernel's smallest quota at the test bed's period).
+    WorkerCpu { cores: f64, min_cores: f64, max_cores: f64 },
+    /// CPU cgroups cannot be used here; the text says why (no hierarchy with the cpu controller, not permitted).
+    CgroupUnavailable { reason: String },
+    /// Creating a CPU cgroup directory failed.
+    CgroupCreate { path: PathBuf, errno: Option<i32>, message: String },
+    /// Writing a CPU cgroup control file (quota, period, `cgroup.subtree_control`) failed.
+    CgroupWrite { path: PathBuf, value: String, errno: Option<i32>, message: String },
+    /// Listing the CPU cgroup hierarchy (to find stale groups) failed.
+    CgroupRead { path: PathBuf, errno: Option<i32>, message: String },
+    /// Removing a CPU cgroup failed; `members` processes were still in it.
+    CgroupRemove { path: PathBuf, members: usize, errno: Option<i32>, message: String },
 }
 
 impl fmt::Display for TestbedError {
@@ -54,6 +68,26 @@ impl fmt::Display for TestbedError {
             TestbedError::Wait { command, errno, message } => {
                 write!(f, "testbed: waiting for `{command}` failed: {message} (errno {errno:?})")
             }
+            TestbedError::WorkerCpu { cores, min_cores, max_cores } => write!(
+                f,
+                "testbed: worker CPU quota {cores} cores: need a finite number in {min_cores}..={max_cores} \
+                 (the kernel's smallest quota at a 100 ms period ..= the CPUs this process may use)"
+            ),
+            TestbedError::CgroupUnavailable { reason } => write!(f, "testbed: CPU cgroups unavailable: {reason}"),
+            TestbedError::CgroupCreate { path, errno, message } => {
+                write!(f, "testbed: creating CPU cgroup {} failed: {message} (errno {errno:?})", path.display())
+            }
+            TestbedError::CgroupWrite { path, value, errno, message } => {
+                write!(f, "testbed: writing {value:?} to {} failed: {message} (errno {errno:?})", path.display())
+            }
+            TestbedError::CgroupRead { path, errno, message } => {
+                write!(f, "testbed: listing CPU cgroups in {} failed: {message} (errno {errno:?})", path.display())
+            }
+            TestbedError::CgroupRemove { path, members, errno, message } => write!(
+                f,
+                "testbed: removing CPU cgroup {} failed ({members} processes still in it): {message} (errno {errno:?})",
+                path.display()
+            ),
         }
     }
 }

@@ -10,21 +10,31 @@
 //! - **loopback** (`Testbed::new(n, None)`): every node is 127.0.0.1 and gets its own port
 //!   ([`Testbed::socket_addr`]); no namespaces, no shaping, no privileges.
 //!
+//! CPU quota (either mode, [`Testbed::with_options`] with `worker_cpu: Some(cores)`): every node gets its own CPU
+//! cgroup, `<root>/faascale-<pid>-<seq>/worker-<i>`, with a CFS quota of `cores` × the 100 ms period (cgroup v1
+//! `cpu.cfs_quota_us`, or `cpu.max` where the unified hierarchy has the cpu controller; found at run time), the
+//! compute counterpart of the shaped link: each node is a node of fixed size. A process started with
+//! [`Testbed::command`] joins its node's group between fork and exec, before it runs anything (see `cgroup.rs`).
+//!
 //! Processes run inside node i with [`Testbed::command`] (`ip netns exec`). `ip` and `tc` are run as programs
 //! (not netlink), so every step can be read and repeated by hand; a failing call is an error naming the command
 //! line and its stderr. `scripts/netns.sh` builds the same layout from the shell.
 //!
 //! Clean-up, and what it covers:
 //! - [`Testbed::close`] or `Drop` (also while unwinding from a panic): kills every process left inside the
-//!   namespaces, then deletes the namespaces, which deletes the veths and the bridge with them. `close` returns
+//!   namespaces, then deletes the namespaces, which deletes the veths and the bridge with them; then kills every
+//!   process left in the CPU cgroups and removes the groups. `close` returns
 //!   the first error; `Drop` cannot, so it prints each error to stderr and carries on with the rest.
 //! - The owner process dying without unwinding (SIGINT, SIGTERM, SIGKILL, abort): a watchdog process per test
 //!   bed, started before the first namespace, notices its stdin pipe closing and does the same clean-up
 //!   (see `watchdog.rs`). No signal handler is installed in the owner.
-//! - Both owner and watchdog killed at once: the namespace names carry the owner's pid, and every
+//!   The watchdog removes the CPU cgroups the same way.
+//! - Both owner and watchdog killed at once: the namespace and cgroup names carry the owner's pid, and every
 //!   `Testbed::new` in netns mode first removes namespaces whose owner is no longer alive
-//!   ([`Testbed::cleanup_stale`]).
+//!   ([`Testbed::cleanup_stale`]); every test bed with a CPU quota first removes such cgroups
+//!   ([`Testbed::cleanup_stale_cgroups`]).
 
+mod cgroup;
 mod error;
 mod names;
 mod probe;
@@ -34,12 +44,13 @@ mod watchdog;
 use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
 pub use error::TestbedError;
 
+use cgroup::CpuGroups;
 use run::run;
 use watchdog::Watchdog;
 
@@ -58,7 +69,18 @@ pub struct Testbed {
     node_namespaces: Vec<String>,
     /// Namespaces actually created so far, in creation order (switch first); what tear-down deletes.
     created: Vec<String>,
+    /// Per-node CPU cgroups, when the test bed has a CPU quota.
+    cpu: Option<CpuGroups>,
     watchdog: Option<Watchdog>,
+}
+
+/// How to build a [`Testbed`] beyond its node count.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TestbedOptions {
+    /// `Some(M)`: netns mode, links of M Mbit/s; `None`: loopback mode.
+    pub link_mbit: Option<u32>,
+    /// `Some(C)`: every node's processes share a CPU quota of C cores (own cgroup per node); `None`: no quota.
+    pub worker_cpu: Option<f64>,
 }
 
 impl Testbed {
@@ -83,43 +105,83 @@ impl Testbed {
     /// Builds a test bed of `nodes` nodes (1..=[`Self::MAX_NODES`]). `Some(link_mbit)` (1..=[`Self::MAX_LINK_MBIT`])
     /// selects netns mode with links of that rate, `None` loopback mode. In netns mode, stale namespaces of dead
     /// owners are removed first (a failure there is printed, not returned), and everything made so far is removed
-    /// again if a step fails.
+    /// again if a step fails. No CPU quota; see [`Testbed::with_options`].
     pub fn new(nodes: usize, link_mbit: Option<u32>) -> Result<Testbed, TestbedError> {
+        Self::with_options(nodes, &TestbedOptions { link_mbit, worker_cpu: None })
+    }
+
+    /// Checks a per-worker CPU quota (finite, at least 0.01 cores, at most the CPUs this process may use) and
+    /// returns its CFS quota in microseconds per 100 ms period, without touching any cgroup.
+    pub fn check_worker_cpu(cores: f64) -> Result<u64, TestbedError> {
+        cgroup::quota_us(cores, cgroup::cpus())
+    }
+
+    /// `Ok` when per-worker CPU quotas can be used here; otherwise why not (no cgroup hierarchy with the cpu
+    /// controller, creating groups not permitted). Probed once per process with a throw-away group.
+    pub fn cpu_quota_available() -> Result<(), String> {
+        probe::cpu_quota_available().map(|_| ())
+    }
+
+    /// Builds a test bed as [`Testbed::new`] does, with `options.link_mbit`, and with `options.worker_cpu =
+    /// Some(cores)` gives every node its own CPU cgroup with a quota of `cores` (see the module docs). Both modes
+    /// can have the quota. Stale cgroups of dead owners are removed first (a failure there is printed).
+    pub fn with_options(nodes: usize, options: &TestbedOptions) -> Result<Testbed, TestbedError> {
         if nodes == 0 || nodes > Self::MAX_NODES {
             return Err(TestbedError::NodeCount { nodes, max: Self::MAX_NODES });
         }
-        let Some(rate_mbit) = link_mbit else {
-            return Ok(Testbed {
-                nodes,
-                link_mbit: None,
-                prefix: String::new(),
-                node_namespaces: Vec::new(),
-                created: Vec::new(),
-                watchdog: None,
-            });
-        };
-        if rate_mbit == 0 || rate_mbit > Self::MAX_LINK_MBIT {
-            return Err(TestbedError::LinkRate { link_mbit: rate_mbit, max: Self::MAX_LINK_MBIT });
+        let link_mbit = options.link_mbit;
+        if let Some(rate_mbit) = link_mbit {
+            if rate_mbit == 0 || rate_mbit > Self::MAX_LINK_MBIT {
+                return Err(TestbedError::LinkRate { link_mbit: rate_mbit, max: Self::MAX_LINK_MBIT });
+            }
         }
-        Self::available().map_err(|reason| TestbedError::Unavailable { reason })?;
-        // A left-over that cannot be removed must not stop this test bed (its names cannot collide with ours);
-        // say so and go on. `cleanup_stale` itself returns the error.
-        if let Err(e) = Self::cleanup_stale() {
-            eprintln!("{e} (while removing stale test beds of dead owners; continuing)");
-        }
-        let prefix = names::fresh_prefix();
-        let watchdog = Watchdog::spawn(&prefix)?;
-        let node_namespaces = (0..nodes).map(|i| names::node_ns(&prefix, i)).collect();
+        let quota = options.worker_cpu.map(|cores| Self::check_worker_cpu(cores).map(|q| (cores, q))).transpose()?;
         let mut testbed = Testbed {
             nodes,
             link_mbit,
-            prefix,
-            node_namespaces,
-            created: Vec::with_capacity(nodes + 1),
-            watchdog: Some(watchdog),
+            prefix: String::new(),
+            node_namespaces: Vec::new(),
+            created: Vec::new(),
+            cpu: None,
+            watchdog: None,
         };
-        // On failure `testbed` is dropped here, which removes what was built.
-        testbed.build(rate_mbit)?;
+        if link_mbit.is_none() && quota.is_none() {
+            return Ok(testbed);
+        }
+        if link_mbit.is_some() {
+            Self::available().map_err(|reason| TestbedError::Unavailable { reason })?;
+            // A left-over that cannot be removed must not stop this test bed (its names cannot collide with
+            // ours); say so and go on. `cleanup_stale` itself returns the error.
+            if let Err(e) = Self::cleanup_stale() {
+                eprintln!("{e} (while removing stale test beds of dead owners; continuing)");
+            }
+        }
+        let hierarchy = match quota {
+            Some(_) => {
+                let h = probe::cpu_quota_available().map_err(|reason| TestbedError::CgroupUnavailable { reason })?;
+                if let Err(e) = cgroup::cleanup_stale(&h) {
+                    eprintln!("{e} (while removing stale CPU cgroups of dead owners; continuing)");
+                }
+                Some(h)
+            }
+            None => None,
+        };
+        let seq = names::fresh_seq();
+        let cgroup_parent = hierarchy.as_ref().map(|h| h.root().join(names::cgroup_parent(seq)));
+        if link_mbit.is_some() {
+            testbed.prefix = names::prefix_for(seq);
+            testbed.node_namespaces = (0..nodes).map(|i| names::node_ns(&testbed.prefix, i)).collect();
+        }
+        // Started before anything is made, so that a death half-way through set-up is covered too.
+        testbed.watchdog = Some(Watchdog::spawn(&testbed.prefix, cgroup_parent.as_deref())?);
+        // On failure `testbed` is dropped at `?`, which removes what was built.
+        if let Some(rate_mbit) = link_mbit {
+            testbed.created.reserve(nodes + 1);
+            testbed.build(rate_mbit)?;
+        }
+        if let (Some(h), Some((cores, quota_us))) = (hierarchy, quota) {
+            testbed.cpu = Some(CpuGroups::create(h, &names::cgroup_parent(seq), nodes, cores, quota_us)?);
+        }
         Ok(testbed)
     }
 
@@ -200,8 +262,10 @@ impl Testbed {
     }
 
     /// A command that runs `program` inside node `index`: `ip netns exec <ns> program` in netns mode, plain
-    /// `program` in loopback mode. Add arguments, environment and stdio to it as to any `Command`. Processes still
-    /// running inside a namespace when the test bed is closed are killed.
+    /// `program` in loopback mode. Add arguments, environment and stdio to it as to any `Command`. With a CPU quota
+    /// the process joins node `index`'s cgroup between fork and exec (a `pre_exec` hook; a failed join makes
+    /// `spawn` fail). Processes still running inside a namespace or a node's cgroup when
+    /// the test bed is closed are killed.
     ///
     /// `program` is resolved inside the namespace by `ip netns exec` (through PATH); pass an absolute path (e.g.
     /// `std::env::current_exe()`) for a specific binary, never `/proc/self/exe`, which would name `ip` itself.
@@ -210,13 +274,41 @@ impl Testbed {
     /// If `index >= self.nodes()`.
     pub fn command(&self, index: usize, program: impl AsRef<OsStr>) -> Command {
         assert!(index < self.nodes, "testbed: node index {index} out of range for {} nodes", self.nodes);
-        if self.is_loopback() {
+        let mut cmd = if self.is_loopback() {
             Command::new(program)
         } else {
             let mut cmd = Command::new("ip");
             cmd.arg("netns").arg("exec").arg(&self.node_namespaces[index]).arg(program);
             cmd
+        };
+        if let Some(cpu) = &self.cpu {
+            cpu.join_on_exec(&mut cmd, index);
         }
+        cmd
+    }
+
+    /// Cores of CPU quota per node; `None` without a quota.
+    pub fn worker_cpu(&self) -> Option<f64> {
+        self.cpu.as_ref().map(CpuGroups::cores)
+    }
+
+    /// Node `index`'s CPU cgroup directory (`<root>/faascale-<pid>-<seq>/worker-<index>`); `None` without a quota
+    /// or out of range.
+    pub fn cgroup(&self, index: usize) -> Option<&Path> {
+        self.cpu.as_ref().and_then(|c| c.node(index))
+    }
+
+    /// The parent of the nodes' CPU cgroups; `None` without a quota.
+    pub fn cgroup_parent(&self) -> Option<&Path> {
+        self.cpu.as_ref().map(CpuGroups::parent)
+    }
+
+    /// Removes the CPU cgroup parents `faascale-<pid>-<seq>` whose owner process is dead, with their node groups,
+    /// killing the processes still in them. Returns the paths removed. Other groups, and those of live owners, are
+    /// never touched. Errors when no hierarchy with the cpu controller is found.
+    pub fn cleanup_stale_cgroups() -> Result<Vec<PathBuf>, TestbedError> {
+        let h = cgroup::detect().map_err(|reason| TestbedError::CgroupUnavailable { reason })?;
+        cgroup::cleanup_stale(&h)
     }
 
     /// Node `index`'s namespace name (`None` in loopback mode or out of range), e.g. for `ip -n NAME ...`.
@@ -240,7 +332,8 @@ impl Testbed {
         errors.into_iter().next().map_or(Ok(()), Err)
     }
 
-    /// Kills the processes inside and deletes the namespaces (nodes first, switch last); returns every error.
+    /// Kills the processes inside and deletes the namespaces (nodes first, switch last), then kills what is left in
+    /// the CPU cgroups and removes them; returns every error.
     fn teardown(&mut self) -> Vec<TestbedError> {
         let mut errors = Vec::new();
         if !self.created.is_empty() {
@@ -253,6 +346,9 @@ impl Testbed {
                 }
             }
             kill_stragglers(&ids);
+        }
+        if let Some(mut cpu) = self.cpu.take() {
+            errors.extend(cpu.remove());
         }
         if let Some(watchdog) = self.watchdog.take() {
             if let Err(e) = watchdog.finish() {
@@ -297,8 +393,9 @@ impl Testbed {
 impl Drop for Testbed {
     /// Same as [`Testbed::close`]; errors are printed to stderr, since `Drop` cannot return them.
     fn drop(&mut self) {
+        let name = self.cgroup_parent().map_or(self.prefix.clone(), |p| format!("{} {}", self.prefix, p.display()));
         for e in self.teardown() {
-            eprintln!("{e} (while removing test bed {})", self.prefix);
+            eprintln!("{e} (while removing test bed {})", name.trim());
         }
     }
 }

@@ -20,10 +20,42 @@ pub(crate) const SUBNET_LEN: u8 = 24;
 
 static NEXT_SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// A sequence number unique within this process.
+pub(crate) fn fresh_seq() -> u32 {
+    NEXT_SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A prefix unique to this process and call: `fs<pid>t<seq>` (`t` for "testbed").
 pub(crate) fn fresh_prefix() -> String {
-    let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
+    prefix_for(fresh_seq())
+}
+
+/// The namespace prefix for sequence number `seq` of this process.
+pub(crate) fn prefix_for(seq: u32) -> String {
     format!("fs{}t{}", std::process::id(), seq)
+}
+
+/// The CPU cgroup parent of a test bed with sequence number `seq` of this process: `faascale-<pid>-<seq>`.
+pub(crate) fn cgroup_parent(seq: u32) -> String {
+    format!("{CGROUP_PREFIX}{}-{seq}", std::process::id())
+}
+
+/// Node i's CPU cgroup inside the parent.
+pub(crate) fn cgroup_node(index: usize) -> String {
+    format!("worker-{index}")
+}
+
+/// What every test-bed cgroup parent's name starts with.
+pub(crate) const CGROUP_PREFIX: &str = "faascale-";
+
+/// The owner pid of a cgroup parent named `faascale-<pid>-<seq>`; `None` for any other name.
+pub(crate) fn cgroup_owner(name: &str) -> Option<u32> {
+    let (pid, seq) = name.strip_prefix(CGROUP_PREFIX)?.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(seq) {
+        return None;
+    }
+    pid.parse().ok()
 }
 
 /// The switch namespace's name.
@@ -114,6 +146,19 @@ mod tests {
         assert_eq!(stale_owner("fs42-"), None);
         assert_eq!(stale_owner("myns"), None);
         assert_eq!(stale_owner("fs99999999999-n0"), None);
+    }
+
+    #[test]
+    fn cgroup_names_round_trip_and_others_are_ignored() {
+        assert_eq!(cgroup_owner(&cgroup_parent(7)), Some(std::process::id()));
+        assert_eq!(cgroup_node(3), "worker-3");
+        assert_eq!(cgroup_owner("faascale-42-0"), Some(42));
+        assert_eq!(cgroup_owner("faascale-42-"), None);
+        assert_eq!(cgroup_owner("faascale-42"), None);
+        assert_eq!(cgroup_owner("faascale-x-1"), None);
+        assert_eq!(cgroup_owner("faascale-42-1-2"), None);
+        assert_eq!(cgroup_owner("faascalex-42-1"), None);
+        assert_eq!(cgroup_owner("user.slice"), None);
     }
 
     #[test]

@@ -2,10 +2,33 @@
 
 use std::sync::OnceLock;
 
+use super::cgroup::{self, CpuGroups, Hierarchy};
 use super::names;
 use super::run::run;
 
 static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
+static PROBED_CPU: OnceLock<Result<Hierarchy, String>> = OnceLock::new();
+
+/// The CPU cgroup hierarchy to use, probed once per process by making and removing a throw-away group with a
+/// quota; otherwise why per-worker CPU quotas cannot be used here.
+pub(crate) fn cpu_quota_available() -> Result<Hierarchy, String> {
+    PROBED_CPU.get_or_init(probe_cpu).clone()
+}
+
+fn probe_cpu() -> Result<Hierarchy, String> {
+    let hierarchy = cgroup::detect()?;
+    let name = names::cgroup_parent(names::fresh_seq());
+    let made = CpuGroups::create(hierarchy.clone(), &name, 1, 0.01, cgroup::MIN_QUOTA_US);
+    let mut groups = made.map_err(|e| match effective_uid() {
+        Ok(0) => format!("{e}"),
+        Ok(uid) => format!("{e} (not root: effective uid {uid})"),
+        Err(_) => format!("{e}"),
+    })?;
+    if let Some(e) = groups.remove().into_iter().next() {
+        return Err(format!("removing the probe group failed: {e}"));
+    }
+    Ok(hierarchy)
+}
 
 /// Probes once per process and remembers the answer.
 pub(crate) fn available() -> Result<(), String> {

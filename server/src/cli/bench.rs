@@ -1,5 +1,5 @@
 //! `faascale bench multicast --nodes N --sources K --bytes BYTES --blocks B --algo A
-//! [--chunk-bytes C] [--netns --link-mbit M] [--json]`
+//! [--chunk-bytes C] [--netns --link-mbit M] [--worker-cpu CORES] [--json]`
 //!
 //! Runs a real multicast: this binary starts N `faascale worker` processes, acts as the
 //! coordinator (authenticated control connections, the planner's plan handed out), and the
@@ -91,6 +91,11 @@ struct MulticastArgs {
     /// With --netns: every link's rate, Mbit/s each direction.
     #[arg(long)]
     link_mbit: Option<u32>,
+    /// Run each worker in its own CPU cgroup with a quota of this many cores (a float, e.g. 0.3: each worker a
+    /// node of fixed size; needs root and a cgroup hierarchy with the cpu controller). Default: no quota: this
+    /// bench measures transfers, not compute (the serving benches default to 0.3).
+    #[arg(long)]
+    worker_cpu: Option<f64>,
     /// A peer silent this long is dead, milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
@@ -132,22 +137,42 @@ fn node_pair(flag: &str, s: &str, nodes: usize) -> Result<(usize, u32), String> 
     Ok((node, count))
 }
 
-/// Workers 0 .. N in namespaces 0 .. N, the coordinator (this process's listener) in namespace N,
-/// every namespace on one bridge by a veth shaped to `mbit` both ways.
-fn run_netns(
+/// Checks `--worker-cpu` before anything is started.
+fn check_worker_cpu(worker_cpu: Option<f64>) -> Result<(), String> {
+    match worker_cpu {
+        Some(cores) => {
+            rdma::testbed::Testbed::check_worker_cpu(cores).map(|_| ()).map_err(|e| format!("--worker-cpu: {e}"))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The workers as nodes 0 .. N of a test bed. With `--netns` (`options.link_mbit`): workers in namespaces
+/// 0 .. N, the coordinator (this process's listener) in namespace N, every namespace on one bridge by a veth
+/// shaped to M both ways. Without: loopback. With `--worker-cpu`, each worker in its node's CPU cgroup.
+fn run_testbed(
     cmd: &rdma::local::WorkerCommand,
     secret: &rdma::Secret,
     cfg: CoordinatorConfig,
     nodes: usize,
-    mbit: u32,
+    options: rdma::testbed::TestbedOptions,
 ) -> rdma::Result<rdma::coordinator::Report> {
     use rdma::testbed::Testbed;
-    let tb = Testbed::new(nodes + 1, Some(mbit)).map_err(|e| rdma::Error::Multicast(format!("--netns: {e}")))?;
-    let ns = tb.namespace(nodes).expect("netns mode names every namespace").to_string();
-    let listener =
-        rdma::local::bind_in_netns(&ns, std::net::SocketAddr::new(tb.addr(nodes), 0), secret, cfg.timeout_ms)?;
+    let tb_nodes = if options.link_mbit.is_some() { nodes + 1 } else { nodes };
+    let tb = Testbed::with_options(tb_nodes, &options)
+        .map_err(|e| rdma::Error::Multicast(format!("test bed (--netns/--worker-cpu): {e}")))?;
+    let listener = match tb.namespace(nodes) {
+        Some(ns) => {
+            rdma::local::bind_in_netns(ns, std::net::SocketAddr::new(tb.addr(nodes), 0), secret, cfg.timeout_ms)?
+        }
+        None => rdma::tcp::Listener::bind(std::net::SocketAddr::new(tb.addr(0), 0), secret.clone(), cfg.timeout_ms)?,
+    };
     let addr = listener.local_addr()?;
-    log::info!("test bed: {} namespaces on a bridge, links {mbit} Mbit/s; coordinator at {addr}", nodes + 1);
+    log::info!(
+        "test bed: {tb_nodes} nodes, links {}, worker CPU quota {}; coordinator at {addr}",
+        options.link_mbit.map_or("loopback".to_string(), |m| format!("{m} Mbit/s")),
+        options.worker_cpu.map_or("none".to_string(), |c| format!("{c} cores")),
+    );
     let commands = (0..nodes)
         .map(|i| rdma::local::worker_command(tb.command(i, &cmd.exe), cmd, secret, addr, tb.addr(i)))
         .collect();
@@ -201,6 +226,7 @@ fn multicast(a: MulticastArgs) -> Result<(), String> {
             "--netns and --link-mbit M go together: each worker in its own namespace, links shaped to M Mbit/s".into(),
         );
     }
+    check_worker_cpu(a.worker_cpu)?;
     let mut layout = planner::uniform_layout("bench", a.bytes, a.blocks, a.chunk_bytes)
         .map_err(|e| format!("--bytes/--blocks/--chunk-bytes: {e}"))?;
     let n_tb = layout.transfer_blocks.len() as u64;
@@ -274,9 +300,11 @@ fn multicast(a: MulticastArgs) -> Result<(), String> {
         args: vec!["worker".into()],
         log: Some(if log::max_level() >= log::LevelFilter::Info { "warn".into() } else { "error".into() }),
     };
-    let r = match a.link_mbit {
-        None => rdma::local::run(&cmd, &secret, cfg),
-        Some(mbit) => run_netns(&cmd, &secret, cfg, a.nodes, mbit),
+    let r = match (a.link_mbit, a.worker_cpu) {
+        (None, None) => rdma::local::run(&cmd, &secret, cfg),
+        (link_mbit, worker_cpu) => {
+            run_testbed(&cmd, &secret, cfg, a.nodes, rdma::testbed::TestbedOptions { link_mbit, worker_cpu })
+        }
     }
     .map_err(|e| e.to_string())?;
     if !r.verified {
@@ -295,7 +323,7 @@ fn multicast(a: MulticastArgs) -> Result<(), String> {
                 "algo": algo.name(), "nodes": a.nodes, "sources": a.sources, "receivers": receivers.len(),
                 "bytes": a.bytes, "model_bytes": total, "exec_blocks": a.blocks, "transfer_blocks": n_tb,
                 "chunk_bytes": chunk, "transfers": n_transfers, "transport": a.transport,
-                "netns": a.netns, "link_mbit": a.link_mbit,
+                "netns": a.netns, "link_mbit": a.link_mbit, "worker_cpu": a.worker_cpu,
                 "verified": r.verified, "complete_s": r.complete_s, "first_copy_s": r.first_copy_s,
                 "lower_bound_s": lower_bound_s, "per_node_complete_s": r.per_node_complete_s,
                 "aggregate_recv_gbps": aggregate_gbps, "dead": r.dead, "epochs": r.epochs,
@@ -331,5 +359,15 @@ mod tests {
         assert!(e.contains("--fault-kill 7:5") && e.contains("does not exist"), "{e}");
         assert!(node_pair("--fault-stall", "x", 4).unwrap_err().contains("NODE:COUNT"));
         assert!(node_pair("--fault-corrupt", "1:-3", 4).unwrap_err().contains("count"));
+    }
+
+    #[test]
+    fn worker_cpu_is_checked_before_anything_starts() {
+        assert_eq!(check_worker_cpu(None), Ok(()));
+        assert_eq!(check_worker_cpu(Some(0.01)), Ok(()));
+        for bad in [0.0, -1.0, 1e9, f64::NAN] {
+            let e = check_worker_cpu(Some(bad)).unwrap_err();
+            assert!(e.starts_with("--worker-cpu: ") && e.contains("worker CPU quota"), "{e}");
+        }
     }
 }

@@ -4,7 +4,9 @@
 //! cluster of identical nodes, evaluates it (event-driven link model, per-transfer latency) and
 //! prints the times; `--svg` draws one row per node, each received transfer a bar.
 
-use planner::{Algo, Cluster, Endpoint, Forwarding, GroupShape, ModelPlacement, MulticastRequest, PlanOptions, Tier};
+use planner::{
+    Algo, Cluster, Forwarding, GroupShape, ModelPlacement, MulticastRequest, PlanOptions, Tier, TransferSource,
+};
 use std::path::PathBuf;
 
 /// Bound on nodes × transfer blocks, so a typo cannot exhaust memory.
@@ -202,7 +204,7 @@ fn svg(plan: &planner::MulticastPlan, ev: &planner::Evaluation, nodes: usize) ->
         let y = 20.0 + row * t.to as f64;
         let hue = (t.block as f64 / nb * 300.0) as u32;
         let from = match t.from {
-            Endpoint::Node(x) => format!("node {x}"),
+            TransferSource::Node(x) => format!("node {x}"),
             other => format!("{other:?}"),
         };
         let _ = writeln!(
