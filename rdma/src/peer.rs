@@ -278,7 +278,8 @@ fn complete_loop(ops: &Mutex<HashMap<u64, Op>>, r: &mut ConnReader) {
                 }
             }
             Ok(Incoming::Control(Control::ReadFailed { tag, error })) => {
-                if let Some(Op::Read { done, .. }) = take(tag) {
+                if let Some(Op::Read { done, local, .. }) = take(tag) {
+                    drop(local); // the claim ends before the completion fires
                     let _ = done.send(Err(Error::Protocol { peer: r.peer().into(), reason: error }));
                 }
             }
@@ -288,6 +289,7 @@ fn complete_loop(ops: &Mutex<HashMap<u64, Op>>, r: &mut ConnReader) {
                     if d.offset != remote_offset || d.len != len {
                         let e =
                             format!("read answer [{}, +{}) for a read of [{remote_offset}, +{len})", d.offset, d.len);
+                        drop(local); // the claim ends before the completion fires
                         let _ = done.send(Err(Error::Protocol { peer: r.peer().into(), reason: e.clone() }));
                         break Error::Protocol { peer: r.peer().into(), reason: e };
                     }
@@ -319,7 +321,10 @@ fn complete_loop(ops: &Mutex<HashMap<u64, Op>>, r: &mut ConnReader) {
     for op in left {
         let done = match op {
             Op::Write(d) => d,
-            Op::Read { done, .. } => done,
+            Op::Read { done, local, .. } => {
+                drop(local); // the claim ends before the completion fires
+                done
+            }
         };
         let _ = done.send(Err(Error::Channel(format!("connection ended: {err}"))));
     }
