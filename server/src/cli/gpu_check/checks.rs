@@ -422,7 +422,7 @@ pub(super) fn model_check(dev: &pipeline::gpu::GpuDevice, dir: &Path, seed: u64)
         pipeline::StageLimits::default(),
     )
     .map_err(e2s("CPU stage"))?;
-    let mut rng = Rng(seed ^ 0x5eed);
+    let mut rng = Rng::new(seed ^ 0x5eed);
     let prompt: Vec<u32> = (0..64).map(|_| (rng.next() % cfg.vocab_size as u64) as u32).collect();
     let mut batch = StageBatch {
         seq_ids: vec![3; prompt.len()],

@@ -114,14 +114,13 @@ fn e2s<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
 }
 
 /// splitmix64: the same seed gives the same inputs on every machine.
-struct Rng(u64);
+struct Rng(planner::sim::rng::Rng);
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(planner::sim::rng::Rng::new(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in [-1, 1).
     fn unit(&mut self) -> f32 {
@@ -225,7 +224,7 @@ pub fn run(a: Args) -> Result<(), String> {
         gemm_variants: a.gemm_variants.clone(),
         attention_variants: a.attention_variants.clone(),
     };
-    let mut rng = Rng(a.seed);
+    let mut rng = Rng::new(a.seed);
 
     // ---- 1. kernels vs the CPU reference ----
     let mut checks = Vec::new();
